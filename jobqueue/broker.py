@@ -1,0 +1,170 @@
+"""The Redis side of the engine: push, claim, acknowledge, pause, and the reconcile reads/writes.
+
+Every operation is one request (a script or a pipeline) whatever the number of jobs, and every
+variadic command carries all the members of a batch (DESIGN.md invariant 4).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .clock import to_ms
+from .keys import Keys, encode_member, lease_member
+from .transports import RedisTransport, Script
+
+CLAIM = Script.load("claim")
+
+
+@dataclass
+class Claimed:
+    """What one claim request took: members per queue, fresh pops and recovered leases."""
+
+    flags: str = ""
+    known_queues: list[str] = field(default_factory=list)
+    members: dict[int, tuple[str, str]] = field(default_factory=dict)  # id -> (queue, member)
+    recovered: set[int] = field(default_factory=set)
+
+    @property
+    def epoch_missing(self) -> bool:
+        return "E" in self.flags
+
+    @property
+    def reconcile_due(self) -> bool:
+        return "R" in self.flags
+
+
+def job_member(row: dict[str, Any]) -> str:
+    return encode_member(int(row["priority"]), to_ms(row["created_at"]), int(row["id"]))
+
+
+@dataclass
+class Ack:
+    """The Redis writes that finish a batch, gathered so they go out as one pipeline."""
+
+    keys: Keys
+    remove: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))  # processing -> lease members
+    delay: dict[str, list[Any]] = field(default_factory=lambda: defaultdict(list))  # delayed -> score, member...
+    requeue: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))  # ready list -> members
+
+    def done(self, queue: str, member: str, token: str) -> None:
+        self.remove[self.keys.processing(queue)].append(lease_member(member, token))
+
+    def retry(self, queue: str, member: str, token: str, due_ms: int) -> None:
+        self.done(queue, member, token)
+        self.delay[self.keys.delayed(queue)] += [due_ms, member]
+
+    def release(self, queue: str, member: str, token: str, priority: int) -> None:
+        self.done(queue, member, token)
+        self.requeue[self.keys.ready(queue, priority)].append(member)
+
+    def commands(self) -> list[list[Any]]:
+        cmds: list[list[Any]] = []
+        cmds += [["ZREM", k, *ms] for k, ms in self.remove.items() if ms]
+        cmds += [["ZADD", k, *args] for k, args in self.delay.items() if args]
+        # RPUSH: released jobs go back to the popping end, so they run next.
+        cmds += [["RPUSH", k, *ms] for k, ms in self.requeue.items() if ms]
+        return cmds
+
+
+class Broker:
+    def __init__(self, transport: RedisTransport, keys: Keys) -> None:
+        self.redis = transport
+        self.keys = keys
+
+    def push_commands(self, rows: Iterable[dict[str, Any]]) -> list[list[Any]]:
+        """Commands that index new (or restored) jobs: LPUSH per ready list in id order (so the
+        oldest is popped first), ZADD per delayed set, and the queue into the queue set."""
+        ready: dict[str, list[str]] = defaultdict(list)
+        delayed: dict[str, list[Any]] = defaultdict(list)
+        processing: dict[str, list[Any]] = defaultdict(list)
+        queues: set[str] = set()
+        for row in sorted(rows, key=lambda r: int(r["id"])):
+            q = row["queue"]
+            queues.add(q)
+            m = job_member(row)
+            if row["status"] == "pending":
+                ready[self.keys.ready(q, int(row["priority"]))].append(m)
+            elif row["status"] == "scheduled":
+                delayed[self.keys.delayed(q)] += [to_ms(row["run_at"]), m]
+            elif row["status"] == "processing" and row.get("lease_expires_at") is not None:
+                processing[self.keys.processing(q)] += [to_ms(row["lease_expires_at"]), lease_member(m, "r")]
+        cmds: list[list[Any]] = [["LPUSH", k, *ms] for k, ms in ready.items()]
+        cmds += [["ZADD", k, *args] for k, args in delayed.items()]
+        cmds += [["ZADD", k, *args] for k, args in processing.items()]
+        if queues:
+            cmds.append(["SADD", self.keys.queues, *sorted(queues)])
+        return cmds
+
+    async def push(self, rows: list[dict[str, Any]], extra: list[list[Any]] | None = None) -> list[Any]:
+        cmds = self.push_commands(rows) + (extra or [])
+        return await self.redis.pipeline(cmds) if cmds else []
+
+    async def claim(
+        self,
+        queues: list[str],
+        limit: int,
+        now_ms: int,
+        lease_deadline_ms: int,
+        token: str,
+        reconcile_interval_ms: int,
+    ) -> Claimed:
+        keys = [self.keys.queues, self.keys.paused, self.keys.epoch, self.keys.reconcile_due]
+        for q in queues:
+            keys += [self.keys.delayed(q), self.keys.processing(q), *self.keys.ready_all(q)]
+        args: list[Any] = [now_ms, limit, lease_deadline_ms, token, reconcile_interval_ms, *queues]
+        raw = await self.redis.script(CLAIM, keys, args)
+        out = Claimed(flags=raw[0] or "", known_queues=list(raw[1] or []))
+        rest = raw[2:]
+        for i in range(0, len(rest), 3):
+            queue, taken, recovered = rest[i], rest[i + 1] or [], rest[i + 2] or []
+            for m in taken:
+                out.members[_id(m)] = (queue, m)
+            for m in recovered:
+                jid = _id(m)
+                out.members[jid] = (queue, m)
+                out.recovered.add(jid)
+        return out
+
+    async def ack(self, ack: Ack) -> None:
+        cmds = ack.commands()
+        if cmds:
+            await self.redis.pipeline(cmds)
+
+    async def set_paused(self, queue: str, paused: bool) -> None:
+        await self.redis.command("SADD" if paused else "SREM", self.keys.paused, queue)
+
+    async def paused(self) -> set[str]:
+        return set(await self.redis.command("SMEMBERS", self.keys.paused) or [])
+
+    async def indexed_ids(self, queue: str) -> set[int]:
+        """Every job id Redis holds for a queue (ready, delayed, processing): the periodic
+        reconcile's side of the diff. One pipeline; reads whole lists, so it is kept rare."""
+        cmds: list[list[Any]] = [["LRANGE", k, 0, -1] for k in self.keys.ready_all(queue)]
+        cmds += [["ZRANGE", self.keys.delayed(queue), 0, -1], ["ZRANGE", self.keys.processing(queue), 0, -1]]
+        ids: set[int] = set()
+        for members in await self.redis.pipeline(cmds):
+            ids.update(_id(m) for m in members or [])
+        return ids
+
+    async def ready_depths(self, queues: list[str]) -> dict[str, dict[str, int]]:
+        """LLEN per priority, ZCARD delayed and processing, for every queue, in one pipeline."""
+        cmds: list[list[Any]] = []
+        for q in queues:
+            cmds += [["LLEN", self.keys.ready(q, p)] for p in range(10)]
+            cmds += [["ZCARD", self.keys.delayed(q)], ["ZCARD", self.keys.processing(q)]]
+        res = await self.redis.pipeline(cmds) if cmds else []
+        out: dict[str, dict[str, int]] = {}
+        for i, q in enumerate(queues):
+            chunk = res[i * 12 : (i + 1) * 12]
+            d = {f"ready_{p}": int(chunk[p] or 0) for p in range(10)}
+            d["delayed"] = int(chunk[10] or 0)
+            d["processing"] = int(chunk[11] or 0)
+            out[q] = d
+        return out
+
+
+def _id(member: str) -> int:
+    return int(member.split("|", 1)[0].rsplit(":", 1)[1])

@@ -1,0 +1,289 @@
+"""The drain: what /api/workers, `jobqueue drain`, `jobqueue worker` and the tests all run.
+
+Per batch: claim (one Redis request: promote due delayed, recover expired leases, pop up to N
+across priorities, record leases) -> grant (one Postgres statement: count the attempt, set the
+lease; drop what is gone, cancelled or done) -> run the handlers concurrently, each under its
+timeout -> record every outcome (one Postgres statement) -> acknowledge (one Redis pipeline:
+remove leases, retries to `delayed`, releases back to ready). Repeat while work remains and the
+budget allows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from .broker import Ack, Claimed
+from .clock import to_ms
+from .errors import JobQueueError, PermanentError, PostgresUnavailable, RetryAfter
+from .registry import JobContext
+from .retry import backoff_delay_ms
+
+if TYPE_CHECKING:
+    from .engine import JobQueue
+
+log = logging.getLogger("jobqueue.drain")
+joblog = logging.getLogger("jobqueue.jobs")
+
+MIN_HEADROOM_S = 0.05  # do not claim a new batch with less than this left
+MAX_ERROR_CHARS = 4000
+
+
+@dataclass
+class DrainReport:
+    claimed: int = 0
+    completed: int = 0
+    retried: int = 0
+    failed: int = 0
+    released: int = 0
+    recovered: int = 0
+    duration_ms: int = 0
+    more: bool = False
+    batches: int = 0
+    dropped: int = 0
+    reconciled: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Outcome:
+    row: dict[str, Any]
+    outcome: str  # completed | retried | failed | released
+    status: str
+    result: str | None = None
+    error: str | None = None
+    run_at: Any = None
+    duration_ms: int = 0
+
+
+async def drain(
+    jq: JobQueue,
+    budget_s: float,
+    *,
+    max_jobs: int | None = None,
+    stop: asyncio.Event | None = None,
+    batch_size: int | None = None,
+) -> DrainReport:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    deadline = started + budget_s
+    report = DrainReport()
+    s = jq.settings
+    batch = min(batch_size or s.batch_size, 1000)
+
+    if jq.needs_reconcile:
+        jq.needs_reconcile = False
+        report.reconciled += (await jq.reconcile(full=False))["restored"]
+
+    while True:
+        left = deadline - loop.time()
+        if left < MIN_HEADROOM_S or (stop is not None and stop.is_set()):
+            report.more = True
+            break
+        limit = batch if max_jobs is None else min(batch, max_jobs - report.claimed)
+        if limit <= 0:
+            report.more = True
+            break
+        token = secrets.token_hex(6)
+        now_ms = jq.clock.ms()
+        lease_deadline_ms = now_ms + int(left * 1000) + s.lease_grace_ms
+        queues = sorted(jq.queues)
+        claimed = await jq.broker.claim(queues, limit, now_ms, lease_deadline_ms, token, s.reconcile_interval_s * 1000)
+        if claimed.epoch_missing or claimed.reconcile_due:
+            # Redis lost its data (no epoch marker), or the periodic check is due.
+            report.reconciled += (await jq.reconcile(full=claimed.epoch_missing))["restored"]
+        unknown = set(claimed.known_queues) - jq.queues
+        if unknown:
+            jq.queues |= unknown
+        if not claimed.members:
+            if unknown or claimed.epoch_missing:
+                continue  # new queues or a fresh index: look again at once
+            break
+        report.batches += 1
+        await _run_batch(jq, claimed, token, deadline, report, stop)
+    report.duration_ms = int((loop.time() - started) * 1000)
+    log.info(json.dumps({"event": "drain", **report.as_dict()}))
+    return report
+
+
+async def _run_batch(
+    jq: JobQueue,
+    claimed: Claimed,
+    token: str,
+    deadline: float,
+    report: DrainReport,
+    stop: asyncio.Event | None,
+) -> None:
+    s = jq.settings
+    now = jq.clock.now()
+    ack = Ack(jq.keys)
+    ids = list(claimed.members)
+    try:
+        rows = await jq.store.fetch(
+            "claim",
+            ids,
+            now,
+            token,
+            now + timedelta(seconds=max(0.0, deadline - asyncio.get_running_loop().time())),
+            s.lease_grace_ms,
+        )
+    except PostgresUnavailable:
+        # Nothing was granted: give the members back at once instead of waiting out the lease.
+        for queue, member in claimed.members.values():
+            ack.release(queue, member, token, _priority(member))
+        await jq.broker.ack(ack)
+        raise
+    granted: set[int] = set()
+    to_run: list[dict[str, Any]] = []
+    for r in rows:
+        jid = r["id"]
+        granted.add(jid)
+        queue, member = claimed.members[jid]
+        if r["kind"] == "run":
+            to_run.append(r)
+            report.claimed += 1
+            if r["recovered"]:
+                report.recovered += 1
+        elif r["kind"] == "dead":
+            ack.done(queue, member, token)
+            report.failed += 1
+            report.recovered += 1
+            _log_outcome(r, "failed", r.get("error"), 0)
+        else:  # defer: a scheduled row that is not due (restored early): back to delayed
+            ack.retry(queue, member, token, to_ms(r["run_at"]))
+    for jid in set(ids) - granted:
+        queue, member = claimed.members[jid]
+        ack.done(queue, member, token)
+        report.dropped += 1
+
+    # Start in pop order (priority, then FIFO); Postgres returns the rows in no particular order.
+    order = {jid: i for i, jid in enumerate(claimed.members)}
+    to_run.sort(key=lambda r: order[r["id"]])
+    outcomes = await _run_all(jq, to_run, deadline, stop) if to_run else []
+
+    if outcomes:
+        fin = jq.clock.now()
+        written = await jq.store.fetch(
+            "finish",
+            [o.row["id"] for o in outcomes],
+            [o.status for o in outcomes],
+            [o.result for o in outcomes],
+            [o.error for o in outcomes],
+            [o.run_at for o in outcomes],
+            [o.outcome for o in outcomes],
+            [o.duration_ms for o in outcomes],
+            token,
+            fin,
+        )
+        holders = {r["id"] for r in written}
+        for o in outcomes:
+            jid = o.row["id"]
+            queue, member = claimed.members[jid]
+            if jid not in holders:
+                # Our lease was taken over (we ran past it): the new holder owns the job now.
+                ack.done(queue, member, token)
+                continue
+            setattr(report, o.outcome, getattr(report, o.outcome) + 1)
+            if o.outcome == "retried":
+                ack.retry(queue, member, token, to_ms(o.run_at))
+            elif o.outcome == "released":
+                ack.release(queue, member, token, o.row["priority"])
+            else:
+                ack.done(queue, member, token)
+    await jq.broker.ack(ack)
+
+
+def _priority(member: str) -> int:
+    return 999999 - int(member[:6])
+
+
+async def _run_all(
+    jq: JobQueue, rows: list[dict[str, Any]], deadline: float, stop: asyncio.Event | None
+) -> list[Outcome]:
+    sem = asyncio.Semaphore(jq.settings.concurrency)
+    return list(await asyncio.gather(*(_run_one(jq, r, sem, deadline, stop) for r in rows)))
+
+
+async def _run_one(
+    jq: JobQueue, row: dict[str, Any], sem: asyncio.Semaphore, deadline: float, stop: asyncio.Event | None
+) -> Outcome:
+    loop = asyncio.get_running_loop()
+    async with sem:
+        remaining = deadline - loop.time()
+        if remaining <= MIN_HEADROOM_S or (stop is not None and stop.is_set()):
+            # Claimed but never started: give it back now rather than let the lease run out.
+            return Outcome(row, "released", "pending")
+        t0 = time.perf_counter()
+        timeout_s = min(row["timeout_ms"] / 1000, remaining)
+        try:
+            jt = jq.registry.get(row["type"])
+            payload = jt.validate(row["payload"])
+            ctx = JobContext(
+                job_id=row["id"],
+                type=row["type"],
+                queue=row["queue"],
+                attempt=row["attempts"],
+                max_attempts=row["max_attempts"],
+                deadline=loop.time() + timeout_s,
+                enqueue=lambda req: jq.enqueue(req),
+                settings=jq.settings,
+            )
+            result = await asyncio.wait_for(jt.handler(payload, ctx), timeout_s)
+            try:
+                encoded = json.dumps(result)
+            except (TypeError, ValueError) as e:
+                raise PermanentError(f"the handler's result is not JSON-serialisable: {e}") from e
+            out = Outcome(row, "completed", "completed", result=encoded)
+        except PermanentError as e:
+            out = _failed(row, f"PermanentError: {e}")
+        except JobQueueError as e:  # unknown type or a payload that no longer validates
+            out = _failed(row, f"{type(e).__name__}: {e.message}")
+        except RetryAfter as e:
+            out = _retry_or_fail(jq, row, f"RetryAfter: {e.reason}", e.delay_ms)
+        except TimeoutError:
+            out = _retry_or_fail(jq, row, f"TimeoutError: timed out after {int(timeout_s * 1000)} ms", None)
+        except Exception as e:
+            tb = "".join(traceback.format_exception(e, limit=-3))
+            out = _retry_or_fail(jq, row, f"{type(e).__name__}: {e}\n{tb}"[:MAX_ERROR_CHARS], None)
+        out.duration_ms = int((time.perf_counter() - t0) * 1000)
+        _log_outcome(row, out.outcome, out.error, out.duration_ms)
+        return out
+
+
+def _failed(row: dict[str, Any], error: str) -> Outcome:
+    return Outcome(row, "failed", "failed", error=error[:MAX_ERROR_CHARS])
+
+
+def _retry_or_fail(jq: JobQueue, row: dict[str, Any], error: str, delay_ms: int | None) -> Outcome:
+    if row["attempts"] >= row["max_attempts"]:
+        return _failed(row, error)
+    if delay_ms is None:
+        delay_ms = backoff_delay_ms(row["backoff"], row["attempts"])
+    return Outcome(row, "retried", "scheduled", error=error, run_at=jq.clock.now() + timedelta(milliseconds=delay_ms))
+
+
+def _log_outcome(row: dict[str, Any], outcome: str, error: str | None, duration_ms: int) -> None:
+    if joblog.isEnabledFor(logging.INFO):
+        joblog.info(
+            json.dumps(
+                {
+                    "event": "job",
+                    "id": row["id"],
+                    "type": row.get("type"),
+                    "queue": row.get("queue"),
+                    "attempt": row.get("attempts"),
+                    "outcome": outcome,
+                    "duration_ms": duration_ms,
+                    "error": (error or "").split("\n", 1)[0][:500] or None,
+                }
+            )
+        )

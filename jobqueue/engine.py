@@ -1,0 +1,321 @@
+"""`JobQueue`: the engine's front door. Enqueue, read, and the operator actions; `drain()` lives in
+drain.py and `reconcile` in reconcile.py, both reached from here."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import timedelta
+from typing import Any
+
+from pydantic import ValidationError
+
+from .broker import Broker
+from .clock import Clock
+from .errors import InvalidJob, InvalidState, JobNotFound, PayloadTooLarge, RedisUnavailable
+from .keys import Keys
+from .models import STATUSES, JobRequest, JobView
+from .registry import Registry
+from .settings import Settings
+from .store import Row, Store
+from .transports import RedisPyTransport, RedisTransport, UpstashTransport
+
+log = logging.getLogger("jobqueue")
+
+MAX_BATCH = 1000
+
+
+def transport_from_settings(s: Settings) -> RedisTransport:
+    if s.upstash_url and s.upstash_token:
+        return UpstashTransport(s.upstash_url, s.upstash_token, timeout_s=s.redis_timeout_s)
+    if s.redis_url:
+        return RedisPyTransport.from_url(s.redis_url, timeout_s=s.redis_timeout_s)
+    raise InvalidJob("no Redis configured: set UPSTASH_REDIS_REST_URL/TOKEN or REDIS_URL")
+
+
+class JobQueue:
+    def __init__(
+        self,
+        store: Store,
+        redis: RedisTransport,
+        registry: Registry,
+        settings: Settings | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.settings = settings or Settings()
+        self.store = store
+        self.keys = Keys(self.settings.prefix)
+        self.broker = Broker(redis, self.keys)
+        self.registry = registry
+        self.clock = clock or Clock()
+        self.queues: set[str] = set(registry.queues)  # grows as the claim script reports more
+        # Set when a push failed after its insert: the next drain in this process reconciles.
+        self.needs_reconcile = False
+        # Called (awaited) when an enqueue wins the kick debounce; see api/_kick.py.
+        self.kicker: Callable[[], Awaitable[None]] | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, registry: Registry, clock: Clock | None = None) -> JobQueue:
+        if not settings.database_url:
+            raise InvalidJob("DATABASE_URL is not set")
+        store = Store(settings.database_url, pool_max=settings.pg_pool_max, timeout_s=settings.pg_timeout_s)
+        return cls(store, transport_from_settings(settings), registry, settings, clock)
+
+    @property
+    def redis(self) -> RedisTransport:
+        return self.broker.redis
+
+    async def close(self) -> None:
+        await self.store.close()
+        await self.broker.redis.close()
+
+    # --- enqueue ----------------------------------------------------------------------------
+
+    def _prepare(self, req: JobRequest | dict[str, Any], index: int | None = None) -> dict[str, Any]:
+        try:
+            if not isinstance(req, JobRequest):
+                req = parse_request(req)
+            jt = self.registry.get(req.type)
+            jt.validate(req.payload)
+        except InvalidJob as e:
+            if index is None:
+                raise
+            raise InvalidJob(f"jobs[{index}]: {e.message}", field=f"jobs.{index}.{e.field}", index=index) from e
+        payload = json.dumps(req.payload, separators=(",", ":"))
+        if len(payload) > self.settings.max_payload_bytes:
+            raise PayloadTooLarge(f"payload is {len(payload)} bytes; the limit is {self.settings.max_payload_bytes}")
+        now = self.clock.now()
+        if req.delay_ms:
+            run_at = now + timedelta(milliseconds=req.delay_ms)
+        elif req.run_at is not None:
+            run_at = max(req.run_at, now)
+        else:
+            run_at = now
+        return {
+            "queue": req.queue or jt.queue,
+            "type": req.type,
+            "payload": payload,
+            "status": "scheduled" if run_at > now else "pending",
+            "priority": req.priority,
+            "max_attempts": req.max_attempts or jt.max_attempts,
+            "backoff": (req.backoff or jt.backoff).model_dump_json(),
+            "timeout_ms": req.timeout_ms or jt.timeout_ms,
+            "idempotency_key": req.idempotency_key,
+            "run_at": run_at,
+            "created_at": now,
+        }
+
+    async def enqueue(self, req: JobRequest | dict[str, Any]) -> tuple[Row, bool]:
+        """Enqueue one job. Returns (row, created); created is False for a repeated idempotency key."""
+        return (await self._enqueue_prepared([self._prepare(req)]))[0]
+
+    async def enqueue_many(self, reqs: Sequence[JobRequest | dict[str, Any]]) -> list[tuple[Row, bool]]:
+        """All-or-nothing: every request is validated before anything is written; then one INSERT
+        and one Redis request for the lot."""
+        if len(reqs) > MAX_BATCH:
+            raise InvalidJob(f"at most {MAX_BATCH} jobs per batch, got {len(reqs)}", field="jobs")
+        prepared = [self._prepare(r, i) for i, r in enumerate(reqs)]
+        return await self._enqueue_prepared(prepared) if prepared else []
+
+    async def _enqueue_prepared(self, jobs: list[dict[str, Any]]) -> list[tuple[Row, bool]]:
+        cols = [
+            "queue",
+            "type",
+            "payload",
+            "status",
+            "priority",
+            "max_attempts",
+            "backoff",
+            "timeout_ms",
+            "idempotency_key",
+            "run_at",
+            "created_at",
+        ]
+        inserted = await self.store.fetch("insert_jobs", *[[j[c] for j in jobs] for c in cols])
+        inserted.sort(key=lambda r: r["id"])
+        by_key = {(r["queue"], r["idempotency_key"]): r for r in inserted if r["idempotency_key"]}
+        unkeyed = iter(r for r in inserted if not r["idempotency_key"])
+        out: list[tuple[Row, bool] | None] = []
+        missing: list[tuple[str, str]] = []
+        seen: set[tuple[str, str]] = set()
+        for j in jobs:
+            key = j["idempotency_key"]
+            if key is None:
+                out.append((next(unkeyed), True))
+            elif (j["queue"], key) in by_key and (j["queue"], key) not in seen:
+                seen.add((j["queue"], key))
+                out.append((by_key[(j["queue"], key)], True))
+            else:
+                missing.append((j["queue"], key))
+                out.append(None)
+        if missing:
+            # The key existed (or repeated within the batch): answer the job that holds it. ON
+            # CONFLICT waited for any concurrent inserter to commit, so the row is visible now.
+            existing = await self.store.fetch("jobs_by_keys", [q for q, _ in missing], [k for _, k in missing])
+            found = {(r["queue"], r["idempotency_key"]): r for r in existing}
+            found.update(by_key)
+            for i, j in enumerate(jobs):
+                if out[i] is None:
+                    out[i] = (found[(j["queue"], j["idempotency_key"])], False)
+        if inserted:
+            await self._dispatch(inserted)
+        return [o for o in out if o is not None]
+
+    async def _dispatch(self, rows: list[Row]) -> None:
+        """Index new rows in Redis. A failure here loses nothing: the rows are in Postgres and
+        the next reconcile indexes them (in this process, the very next drain)."""
+        extra: list[list[Any]] = []
+        want_kick = self.kicker is not None and any(r["status"] == "pending" for r in rows)
+        if want_kick:
+            extra.append(["SET", self.keys.kick, "1", "NX", "PX", max(1, self.settings.kick_interval_ms)])
+        try:
+            res = await self.broker.push(rows, extra)
+        except RedisUnavailable as e:
+            self.needs_reconcile = True
+            log.warning("enqueue: jobs stored but not indexed in Redis (reconcile will): %s", e.message)
+            return
+        if want_kick and res and res[-1] == "OK" and self.kicker is not None:
+            try:
+                await self.kicker()
+            except Exception as e:  # a kick is an optimisation; cron still drains
+                log.warning("kick failed: %s", e)
+
+    # --- reads ------------------------------------------------------------------------------
+
+    async def get(self, job_id: int) -> Row:
+        row = await self.store.fetchrow("get_job", job_id) if 0 < job_id < 2**63 else None
+        if row is None:
+            raise JobNotFound(f"job {job_id} not found")
+        return row
+
+    async def list_jobs(
+        self,
+        *,
+        status: str | None = None,
+        queue: str | None = None,
+        type: str | None = None,
+        search: str | None = None,
+        limit: int = 50,
+        cursor: int | None = None,
+    ) -> tuple[list[Row], int | None]:
+        """Newest first, keyset-paged on id. `cursor` is the last id of the previous page."""
+        if status is not None and status not in STATUSES:
+            raise InvalidJob(f"unknown status {status!r}", field="status")
+        if not 1 <= limit <= 200:
+            raise InvalidJob("limit must be between 1 and 200", field="limit")
+        where: list[str] = []
+        args: list[Any] = []
+        for col, val in (("status", status), ("queue", queue), ("type", type)):
+            if val is not None:
+                args.append(val)
+                where.append(f"{col} = ${len(args)}")
+        if cursor is not None:
+            args.append(cursor)
+            where.append(f"id < ${len(args)}")
+        if search:
+            args.append(search)
+            n = len(args)
+            cond = f"idempotency_key = ${n} OR type = ${n} OR payload::text ILIKE '%' || ${n} || '%'"
+            if search.isdigit() and len(search) < 19:
+                cond = f"id = {int(search)} OR " + cond
+            where.append(f"({cond})")
+        args.append(limit + 1)
+        sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
+        sql += f" ORDER BY id DESC LIMIT ${len(args)}"
+        rows = await self.store.fetch_sql(sql, *args)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return rows, (rows[-1]["id"] if more and rows else None)
+
+    async def queue_counts(self) -> dict[str, dict[str, Any]]:
+        rows = await self.store.fetch("queue_counts")
+        paused_rows = await self.store.fetch("queues")
+        out: dict[str, dict[str, Any]] = {}
+        for q in sorted(self.queues | {r["queue"] for r in rows} | {r["name"] for r in paused_rows}):
+            out[q] = {"name": q, "paused": False, "counts": dict.fromkeys(STATUSES, 0)}
+        for r in rows:
+            out[r["queue"]]["counts"][r["status"]] = int(r["n"])
+        for r in paused_rows:
+            out[r["name"]]["paused"] = bool(r["paused"])
+        return out
+
+    # --- operator actions ---------------------------------------------------------------------
+
+    async def cancel(self, job_id: int) -> Row:
+        row = await self.store.fetchrow("cancel", job_id, self.clock.now())
+        if row is None:
+            current = await self.get(job_id)
+            raise InvalidState(f"job {job_id} is {current['status']}; only pending or scheduled jobs can be cancelled")
+        return row
+
+    async def retry(self, job_id: int) -> Row:
+        rows = await self._rerun([job_id])
+        if not rows:
+            current = await self.get(job_id)
+            raise InvalidState(f"job {job_id} is {current['status']}; only failed or cancelled jobs can be retried")
+        return rows[0]
+
+    async def _rerun(self, ids: list[int]) -> list[Row]:
+        rows = await self.store.fetch("rerun", ids, self.clock.now())
+        if rows:
+            await self._dispatch(rows)
+        return rows
+
+    async def replay(self, ids: list[int] | None = None, *, queue: str | None = None, type: str | None = None) -> int:
+        """Re-run dead-lettered jobs, by ids or by filter, in chunks of 1000."""
+        if ids is not None:
+            total = 0
+            for i in range(0, len(ids), MAX_BATCH):
+                total += len(await self._rerun([int(x) for x in ids[i : i + MAX_BATCH]]))
+            return total
+        total, after = 0, 0
+        while True:
+            chunk = await self.store.fetch("failed_ids_by_filter", queue, type, after, MAX_BATCH)
+            if not chunk:
+                return total
+            after = chunk[-1]["id"]
+            total += len(await self._rerun([r["id"] for r in chunk]))
+
+    async def purge(self, older_than_days: float) -> int:
+        if older_than_days < 0:
+            raise InvalidJob("older_than_days must be >= 0", field="older_than_days")
+        cutoff = self.clock.now() - timedelta(days=older_than_days)
+        total = 0
+        while True:
+            n = len(await self.store.fetch("purge_failed", cutoff, 5000))
+            total += n
+            if n < 5000:
+                return total
+
+    async def set_paused(self, queue: str, paused: bool) -> None:
+        # Postgres first: it is the durable copy that reconcile restores Redis from.
+        await self.store.fetch("set_paused", queue, paused, self.clock.now())
+        await self.broker.set_paused(queue, paused)
+        self.queues.add(queue)
+
+    # --- drain and reconcile (delegated) ------------------------------------------------------
+
+    async def drain(self, budget_s: float | None = None, **kw: Any) -> Any:
+        from .drain import drain
+
+        return await drain(self, self.settings.budget_s if budget_s is None else budget_s, **kw)
+
+    async def reconcile(self, *, full: bool = False) -> dict[str, int]:
+        from .reconcile import reconcile
+
+        return await reconcile(self, full=full)
+
+
+def parse_request(data: Any) -> JobRequest:
+    """Validate an untrusted enqueue request; the error names the first bad field and why."""
+    try:
+        return JobRequest.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"]) or "body"
+        raise InvalidJob(f"{loc}: {first['msg']}", field=loc) from None
+
+
+def view(row: Row) -> dict[str, Any]:
+    return JobView.from_row(row).model_dump(mode="json")

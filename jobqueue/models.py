@@ -1,0 +1,113 @@
+"""The job's shapes: the `Job` table model (agrees with schema.sql; a test checks), the enqueue
+request, the retry policy, and the public view that the API and the client share."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from sqlalchemy import BigInteger, Column, Identity, SmallInteger, Text
+from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP
+from sqlmodel import Field as SQLField
+from sqlmodel import SQLModel
+
+Status = Literal["pending", "scheduled", "processing", "completed", "failed", "cancelled"]
+STATUSES: tuple[str, ...] = ("pending", "scheduled", "processing", "completed", "failed", "cancelled")
+TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+
+MAX_TIMEOUT_MS = 15 * 60 * 1000  # Vercel's longest function is 800 s; Lambda's 900 s
+
+
+class Backoff(BaseModel):
+    """Retry spacing: fixed `delay_ms`, or exponential `delay_ms * 2^(attempt-1)` capped by
+    `max_delay_ms`; `jitter` (0-1) randomises that fraction of the delay downwards."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["fixed", "exponential"] = "exponential"
+    delay_ms: int = Field(default=1000, ge=0, le=7 * 24 * 3600 * 1000)
+    max_delay_ms: int = Field(default=3_600_000, ge=0, le=30 * 24 * 3600 * 1000)
+    jitter: float = Field(default=0.0, ge=0.0, le=1.0)
+
+
+class JobRequest(BaseModel):
+    """One job to enqueue (the body of POST /api/jobs)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str = Field(min_length=1, max_length=200)
+    payload: dict[str, Any] = Field(default_factory=dict)
+    queue: str | None = Field(default=None, min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")
+    priority: int = Field(default=5, ge=0, le=9)
+    delay_ms: int | None = Field(default=None, ge=0, le=365 * 24 * 3600 * 1000)
+    run_at: datetime | None = None
+    max_attempts: int | None = Field(default=None, ge=1, le=100)
+    backoff: Backoff | None = None
+    timeout_ms: int | None = Field(default=None, ge=1, le=MAX_TIMEOUT_MS)
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
+
+    @model_validator(mode="after")
+    def _one_schedule(self) -> JobRequest:
+        if self.delay_ms is not None and self.run_at is not None:
+            raise ValueError("give delay_ms or run_at, not both")
+        if self.run_at is not None and self.run_at.tzinfo is None:
+            raise ValueError("run_at must carry a timezone (ISO-8601 with Z or an offset)")
+        return self
+
+
+class Job(SQLModel, table=True):
+    """The `jobs` table (schema.sql is canonical)."""
+
+    __tablename__ = "jobs"
+
+    id: int | None = SQLField(default=None, sa_column=Column(BigInteger, Identity(always=True), primary_key=True))
+    queue: str = SQLField(default="default", sa_column=Column(Text, nullable=False))
+    type: str = SQLField(sa_column=Column(Text, nullable=False))
+    payload: dict[str, Any] = SQLField(default_factory=dict, sa_column=Column(JSONB, nullable=False))
+    status: str = SQLField(default="pending", sa_column=Column(Text, nullable=False))
+    priority: int = SQLField(default=5, sa_column=Column(SmallInteger, nullable=False))
+    attempts: int = SQLField(default=0, nullable=False)
+    max_attempts: int = SQLField(default=3, nullable=False)
+    backoff: dict[str, Any] = SQLField(default_factory=dict, sa_column=Column(JSONB, nullable=False))
+    timeout_ms: int = SQLField(default=30000, nullable=False)
+    idempotency_key: str | None = SQLField(default=None, sa_column=Column(Text, nullable=True))
+    run_at: datetime = SQLField(sa_column=Column(TIMESTAMP(timezone=True), nullable=False))
+    lease_token: str | None = SQLField(default=None, sa_column=Column(Text, nullable=True))
+    lease_expires_at: datetime | None = SQLField(default=None, sa_column=Column(TIMESTAMP(timezone=True)))
+    result: Any | None = SQLField(default=None, sa_column=Column(JSONB, nullable=True))
+    error: str | None = SQLField(default=None, sa_column=Column(Text, nullable=True))
+    history: list[dict[str, Any]] = SQLField(default_factory=list, sa_column=Column(JSONB, nullable=False))
+    created_at: datetime = SQLField(sa_column=Column(TIMESTAMP(timezone=True), nullable=False))
+    started_at: datetime | None = SQLField(default=None, sa_column=Column(TIMESTAMP(timezone=True)))
+    finished_at: datetime | None = SQLField(default=None, sa_column=Column(TIMESTAMP(timezone=True)))
+
+
+class JobView(BaseModel):
+    """A job as the API answers it (lease internals left out)."""
+
+    id: int
+    queue: str
+    type: str
+    payload: dict[str, Any]
+    status: Status
+    priority: int
+    attempts: int
+    max_attempts: int
+    backoff: dict[str, Any]
+    timeout_ms: int
+    idempotency_key: str | None = None
+    result: Any | None = None
+    error: str | None = None
+    history: list[dict[str, Any]] = Field(default_factory=list)
+    run_at: datetime | None = Field(default=None, description="when it may run next (a delay or a retry)")
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> JobView:
+        data = {k: row.get(k) for k in cls.model_fields}
+        if row.get("status") in TERMINAL:
+            data["run_at"] = None
+        return cls.model_validate(data)

@@ -1,0 +1,82 @@
+"""Reconcile: re-create missing Redis entries from Postgres, the source of truth.
+
+- full (Redis lost its data: the epoch marker is gone): index every unfinished row again
+  (pending -> ready, scheduled -> delayed, processing -> processing with its lease deadline),
+  restore the pause flags and the queue set, then set the epoch marker.
+- periodic (rare, JOBQUEUE_RECONCILE_INTERVAL_S, or on demand): per queue, diff the ids Redis
+  holds against the unfinished rows and index only the missing ones (a push that failed after its
+  insert, an eviction). Rows younger than FRESH_S are skipped: their own push may be in flight.
+
+A duplicate entry is harmless (the claim grants each job once), so a race between two reconciles
+costs a wasted pop, never a double run.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .engine import JobQueue
+
+log = logging.getLogger("jobqueue.reconcile")
+
+PAGE = 5000
+FRESH_S = 10
+
+
+async def reconcile(jq: JobQueue, *, full: bool = False) -> dict[str, int]:
+    keys = jq.keys
+    # One reconcile at a time across all drains; the lock expires if its holder dies.
+    got = await jq.redis.command("SET", keys.reconcile_lock, "1", "NX", "PX", 60_000)
+    if got is None:
+        return {"restored": 0, "skipped": 1}
+    try:
+        restored = await (_full(jq) if full else _periodic(jq))
+    finally:
+        await jq.redis.command("DEL", keys.reconcile_lock)
+    if restored:
+        log.warning("reconcile (%s) restored %d job(s) to Redis", "full" if full else "periodic", restored)
+    return {"restored": restored, "skipped": 0}
+
+
+async def _full(jq: JobQueue) -> int:
+    restored, after = 0, 0
+    while True:
+        rows = await jq.store.fetch("active_jobs", None, after, PAGE)
+        if not rows:
+            break
+        after = rows[-1]["id"]
+        await jq.broker.push(rows)
+        jq.queues |= {r["queue"] for r in rows}
+        restored += len(rows)
+    queues = await jq.store.fetch("queues")
+    cmds = [["DEL", jq.keys.paused]]
+    paused = [q["name"] for q in queues if q["paused"]]
+    if paused:
+        cmds.append(["SADD", jq.keys.paused, *paused])
+    if jq.queues:
+        cmds.append(["SADD", jq.keys.queues, *sorted(jq.queues)])
+    cmds.append(["SET", jq.keys.epoch, secrets.token_hex(8)])
+    await jq.redis.pipeline(cmds)
+    return restored
+
+
+async def _periodic(jq: JobQueue) -> int:
+    restored = 0
+    fresh = jq.clock.now() - timedelta(seconds=FRESH_S)
+    for queue in sorted(jq.queues):
+        indexed = await jq.broker.indexed_ids(queue)
+        after = 0
+        while True:
+            rows = await jq.store.fetch("active_jobs", queue, after, PAGE)
+            if not rows:
+                break
+            after = rows[-1]["id"]
+            missing = [r for r in rows if r["id"] not in indexed and r["created_at"] < fresh]
+            if missing:
+                await jq.broker.push(missing)
+                restored += len(missing)
+    return restored

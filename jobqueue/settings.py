@@ -1,0 +1,65 @@
+"""One settings class, read from the environment (names fixed by DESIGN.md section 6)."""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", populate_by_name=True)
+
+    database_url: str | None = Field(default=None, validation_alias="DATABASE_URL")
+    upstash_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("UPSTASH_REDIS_REST_URL", "KV_REST_API_URL")
+    )
+    upstash_token: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("UPSTASH_REDIS_REST_TOKEN", "KV_REST_API_TOKEN"),
+        repr=False,
+    )
+    redis_url: str | None = Field(default=None, validation_alias="REDIS_URL")
+
+    api_token: str | None = Field(default=None, validation_alias="JOBS_API_TOKEN", repr=False)
+    worker_secret: str | None = Field(default=None, validation_alias="WORKER_SECRET", repr=False)
+    cron_secret: str | None = Field(default=None, validation_alias="CRON_SECRET", repr=False)
+    qstash_token: str | None = Field(default=None, validation_alias="QSTASH_TOKEN", repr=False)
+    qstash_url: str | None = Field(default=None, validation_alias="QSTASH_URL")
+    qstash_current_signing_key: str | None = Field(
+        default=None, validation_alias="QSTASH_CURRENT_SIGNING_KEY", repr=False
+    )
+    qstash_next_signing_key: str | None = Field(default=None, validation_alias="QSTASH_NEXT_SIGNING_KEY", repr=False)
+    public_url: str | None = Field(default=None, validation_alias="JOBQUEUE_PUBLIC_URL")
+
+    registry: str = Field(default="handlers:default_registry", validation_alias="JOBQUEUE_REGISTRY")
+    prefix: str = Field(default="jq", validation_alias="JOBQUEUE_PREFIX", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    batch_size: int = Field(default=500, ge=1, le=1000, validation_alias="JOBQUEUE_BATCH_SIZE")
+    concurrency: int = Field(default=500, ge=1, le=5000, validation_alias="JOBQUEUE_CONCURRENCY")
+    lease_grace_ms: int = Field(default=5000, ge=0, validation_alias="JOBQUEUE_LEASE_GRACE_MS")
+    reconcile_interval_s: int = Field(default=300, ge=0, validation_alias="JOBQUEUE_RECONCILE_INTERVAL_S")
+    # The function's maxDuration (vercel.json) and the margin kept free for the response.
+    max_duration_s: float = Field(default=60, gt=0, validation_alias="JOBQUEUE_MAX_DURATION_S")
+    budget_margin_s: float = Field(default=5, ge=0, validation_alias="JOBQUEUE_BUDGET_MARGIN_S")
+    default_timeout_ms: int = Field(default=30_000, ge=1, validation_alias="JOBQUEUE_DEFAULT_TIMEOUT_MS")
+    max_payload_bytes: int = Field(default=256 * 1024, ge=1, validation_alias="JOBQUEUE_MAX_PAYLOAD_BYTES")
+    redis_timeout_s: float = Field(default=5.0, gt=0, validation_alias="JOBQUEUE_REDIS_TIMEOUT_S")
+    pg_timeout_s: float = Field(default=10.0, gt=0, validation_alias="JOBQUEUE_PG_TIMEOUT_S")
+    pg_pool_max: int = Field(default=10, ge=1, validation_alias="JOBQUEUE_PG_POOL_MAX")
+    kick_interval_ms: int = Field(default=1000, ge=0, validation_alias="JOBQUEUE_KICK_INTERVAL_MS")
+
+    retain_completed_days: float = Field(default=7, ge=0, validation_alias="JOBQUEUE_RETAIN_COMPLETED_DAYS")
+    retain_failed_days: float = Field(default=90, ge=0, validation_alias="JOBQUEUE_RETAIN_FAILED_DAYS")
+    housekeeping_interval_s: int = Field(default=600, ge=1, validation_alias="JOBQUEUE_HOUSEKEEPING_INTERVAL_S")
+
+    webhook_signing_secret: str | None = Field(default=None, validation_alias="WEBHOOK_SIGNING_SECRET", repr=False)
+    webhook_allow_private: bool = Field(default=False, validation_alias="WEBHOOK_ALLOW_PRIVATE_NETWORKS")
+
+    alert_webhook_url: str | None = Field(default=None, validation_alias="ALERT_WEBHOOK_URL", repr=False)
+    alert_dlq_threshold: int = Field(default=100, ge=1, validation_alias="ALERT_DLQ_THRESHOLD")
+    alert_max_wait_s: int = Field(default=600, ge=1, validation_alias="ALERT_MAX_WAIT_S")
+    alert_interval_s: int = Field(default=900, ge=1, validation_alias="ALERT_INTERVAL_S")
+
+    @property
+    def budget_s(self) -> float:
+        """How long one /api/workers drain may run: maxDuration less the safety margin."""
+        return max(1.0, self.max_duration_s - self.budget_margin_s)

@@ -1,0 +1,157 @@
+-- Named queries for the store. Each block opens with "-- name: NAME" and a one-line description.
+-- Times are parameters, never now(): the engine injects its clock so tests can move time.
+
+-- name: insert_jobs
+-- Insert many jobs in one statement; a repeated (queue, idempotency_key) inserts nothing.
+INSERT INTO jobs (queue, type, payload, status, priority, max_attempts, backoff, timeout_ms,
+                  idempotency_key, run_at, created_at)
+SELECT queue, type, payload::jsonb, status, priority, max_attempts, backoff::jsonb, timeout_ms,
+       idempotency_key, run_at, created_at
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::smallint[], $6::int[],
+            $7::text[], $8::int[], $9::text[], $10::timestamptz[], $11::timestamptz[])
+    AS i(queue, type, payload, status, priority, max_attempts, backoff, timeout_ms,
+         idempotency_key, run_at, created_at)
+ON CONFLICT (queue, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+RETURNING *;
+
+-- name: jobs_by_keys
+-- The existing jobs for (queue, idempotency_key) pairs, for enqueues that hit a known key.
+SELECT j.* FROM jobs j
+JOIN unnest($1::text[], $2::text[]) AS k(queue, key) ON j.queue = k.queue AND j.idempotency_key = k.key;
+
+-- name: get_job
+-- One job by id.
+SELECT * FROM jobs WHERE id = $1;
+
+-- name: claim
+-- Grant the claims for popped ids: count the attempt and set the lease; fail rows whose lease
+-- expired on their last attempt; report scheduled rows that are not due. Ids not returned are
+-- dropped from Redis (gone, cancelled, finished, or leased by a live worker).
+WITH cand AS (
+    SELECT id, status, attempts, max_attempts, run_at
+    FROM jobs
+    WHERE id = ANY($1::bigint[])
+      AND (status IN ('pending', 'scheduled') OR (status = 'processing' AND lease_expires_at <= $2::timestamptz))
+    ORDER BY id
+    FOR UPDATE SKIP LOCKED
+),
+dead AS (
+    UPDATE jobs j SET
+        status = 'failed', finished_at = $2, lease_token = NULL, lease_expires_at = NULL,
+        error = 'lease expired: the worker running attempt ' || j.attempts || ' stopped before it finished',
+        history = jsonb_set(j.history, ARRAY[(jsonb_array_length(j.history) - 1)::text],
+                            (j.history -> -1) || jsonb_build_object('ended_at', $2, 'outcome', 'lost',
+                                                                   'error', 'lease expired'))
+    FROM cand c
+    WHERE j.id = c.id AND c.status = 'processing' AND c.attempts >= c.max_attempts
+    RETURNING j.id, j.queue, j.type, j.attempts, j.error
+),
+run AS (
+    UPDATE jobs j SET
+        status = 'processing',
+        attempts = j.attempts + 1,
+        lease_token = $3::text,
+        lease_expires_at = LEAST($2::timestamptz + make_interval(secs => j.timeout_ms / 1000.0), $4::timestamptz)
+                           + make_interval(secs => $5::int / 1000.0),
+        started_at = COALESCE(j.started_at, $2),
+        history = (CASE WHEN c.status = 'processing' AND jsonb_array_length(j.history) > 0
+                        THEN jsonb_set(j.history, ARRAY[(jsonb_array_length(j.history) - 1)::text],
+                                       (j.history -> -1) || jsonb_build_object('ended_at', $2, 'outcome', 'lost',
+                                                                              'error', 'lease expired'))
+                        ELSE j.history END)
+                  || jsonb_build_array(jsonb_build_object('attempt', j.attempts + 1, 'started_at', $2))
+    FROM cand c
+    WHERE j.id = c.id
+      AND NOT (c.status = 'processing' AND c.attempts >= c.max_attempts)
+      AND NOT (c.status = 'scheduled' AND c.run_at > $2 + interval '1 second')
+    RETURNING j.id, j.queue, j.type, j.payload, j.attempts, j.max_attempts, j.timeout_ms, j.backoff,
+              j.priority, j.created_at, (c.status = 'processing') AS recovered
+)
+SELECT 'run' AS kind, id, queue, type, payload, attempts, max_attempts, timeout_ms, backoff,
+       priority, created_at, recovered, NULL::timestamptz AS run_at, NULL::text AS error FROM run
+UNION ALL
+SELECT 'dead', id, queue, type, NULL, attempts, NULL, NULL, NULL, NULL, NULL, true, NULL, error FROM dead
+UNION ALL
+SELECT 'defer', id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, false, run_at, NULL
+FROM cand WHERE status = 'scheduled' AND run_at > $2 + interval '1 second';
+
+-- name: finish
+-- Record every outcome of a batch in one statement; only the lease holder ($8) may write.
+-- outcome "released" (claimed, never started) gives the attempt back and drops its history entry.
+WITH o AS (
+    SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
+                         $6::text[], $7::int[])
+        AS o(id, status, result, error, run_at, outcome, duration_ms)
+)
+UPDATE jobs j SET
+    status = o.status,
+    result = CASE WHEN o.status = 'completed' THEN o.result::jsonb ELSE j.result END,
+    error = CASE WHEN o.outcome = 'released' THEN j.error WHEN o.status = 'completed' THEN NULL ELSE o.error END,
+    run_at = COALESCE(o.run_at, j.run_at),
+    attempts = CASE WHEN o.outcome = 'released' THEN j.attempts - 1 ELSE j.attempts END,
+    started_at = CASE WHEN o.outcome = 'released' AND j.attempts = 1 THEN NULL ELSE j.started_at END,
+    finished_at = CASE WHEN o.status IN ('completed', 'failed') THEN $9::timestamptz ELSE NULL END,
+    lease_token = NULL,
+    lease_expires_at = NULL,
+    history = CASE WHEN o.outcome = 'released' THEN j.history - (-1)
+                   ELSE jsonb_set(j.history, ARRAY[(jsonb_array_length(j.history) - 1)::text],
+                                  (j.history -> -1) || jsonb_build_object('ended_at', $9::timestamptz, 'outcome', o.outcome,
+                                                                         'error', o.error,
+                                                                         'duration_ms', o.duration_ms))
+              END
+FROM o
+WHERE j.id = o.id AND j.status = 'processing' AND j.lease_token = $8::text
+RETURNING j.id;
+
+-- name: cancel
+-- Cancel a job that has not started; a cancelled job's id may stay in Redis: the claim drops it.
+UPDATE jobs SET status = 'cancelled', finished_at = $2, run_at = $2
+WHERE id = $1 AND status IN ('pending', 'scheduled')
+RETURNING *;
+
+-- name: rerun
+-- Re-run failed or cancelled jobs with a fresh set of attempts; the history keeps the old ones.
+UPDATE jobs SET status = 'pending', attempts = 0, run_at = $2, finished_at = NULL, result = NULL,
+                lease_token = NULL, lease_expires_at = NULL,
+                history = history || jsonb_build_array(jsonb_build_object('requeued_at', $2,
+                                                                          'previous_status', status))
+WHERE id = ANY($1::bigint[]) AND status IN ('failed', 'cancelled')
+RETURNING *;
+
+-- name: failed_ids_by_filter
+-- A chunk of dead-lettered ids matching an optional queue and type, for replay by filter.
+SELECT id FROM jobs
+WHERE status = 'failed' AND ($1::text IS NULL OR queue = $1) AND ($2::text IS NULL OR type = $2)
+  AND id > $3
+ORDER BY id LIMIT $4;
+
+-- name: purge_failed
+-- Delete a bounded chunk of dead-lettered jobs that finished before the cutoff.
+DELETE FROM jobs WHERE id IN (
+    SELECT id FROM jobs WHERE status = 'failed' AND finished_at < $1 ORDER BY finished_at LIMIT $2
+) RETURNING id;
+
+-- name: retention
+-- Delete a bounded chunk of finished jobs of one status older than the cutoff (housekeeping).
+DELETE FROM jobs WHERE id IN (
+    SELECT id FROM jobs WHERE finished_at < $2 AND status = $1 ORDER BY finished_at LIMIT $3
+) RETURNING id;
+
+-- name: active_jobs
+-- Unfinished jobs for reconcile (all queues when $1 is null), keyset-paged on id.
+SELECT id, queue, priority, status, created_at, run_at, lease_expires_at FROM jobs
+WHERE status IN ('pending', 'scheduled', 'processing') AND ($1::text IS NULL OR queue = $1) AND id > $2
+ORDER BY id LIMIT $3;
+
+-- name: queue_counts
+-- Jobs per queue and status.
+SELECT queue, status, count(*)::bigint AS n FROM jobs GROUP BY queue, status;
+
+-- name: set_paused
+-- Record a queue's pause flag durably.
+INSERT INTO queues (name, paused, updated_at) VALUES ($1, $2, $3)
+ON CONFLICT (name) DO UPDATE SET paused = EXCLUDED.paused, updated_at = EXCLUDED.updated_at;
+
+-- name: queues
+-- Every queue with its pause flag.
+SELECT name, paused FROM queues ORDER BY name;

@@ -1,0 +1,187 @@
+"""The Postgres side: a narrow port that runs named statements (jobqueue/sql/queries.sql) on asyncpg.
+
+Connections are safe behind a transaction-mode pooler (Neon's `-pooler` host, PgBouncer):
+`statement_cache_size=0`, so no named prepared statement outlives its transaction; and the pool is
+bound to the event loop that made it, so a new loop (Mangum, `asyncio.run` per call, pytest) gets
+a new pool instead of sockets that belong to a dead loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import ssl as ssl_module
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import asyncpg
+
+from .errors import PostgresUnavailable
+
+Row = dict[str, Any]
+
+
+def load_queries() -> dict[str, str]:
+    text = resources.files("jobqueue").joinpath("sql/queries.sql").read_text()
+    queries: dict[str, str] = {}
+    for block in re.split(r"^-- name: ", text, flags=re.M)[1:]:
+        name, _, body = block.partition("\n")
+        queries[name.strip()] = body.strip().rstrip(";")
+    return queries
+
+
+QUERIES = load_queries()
+
+
+def schema_sql() -> str:
+    root = Path(__file__).resolve().parents[1] / "schema.sql"
+    if root.exists():
+        return root.read_text()
+    return resources.files("jobqueue").joinpath("sql/schema.sql").read_text()
+
+
+def parse_database_url(url: str) -> tuple[str, Any]:
+    """Make a libpq/Neon/SQLAlchemy-style URL usable by asyncpg.
+
+    Neon strings carry `sslmode=require&channel_binding=require`: asyncpg would send the unknown
+    `channel_binding` to the server as a setting, and SQLAlchemy-style `+asyncpg` schemes are not
+    DSNs. Returns (dsn, ssl) where ssl is the asyncpg `ssl` argument.
+    """
+    parts = urlsplit(url)
+    scheme = parts.scheme.split("+", 1)[0]
+    if scheme not in ("postgres", "postgresql"):
+        raise ValueError(f"DATABASE_URL must be a postgres:// or postgresql:// URL, not {scheme}://")
+    params = parse_qsl(parts.query, keep_blank_values=True)
+    ssl: Any = None
+    kept = []
+    for key, value in params:
+        if key in ("sslmode", "ssl"):
+            ssl = _ssl_arg(value)
+        elif key == "channel_binding":
+            continue  # asyncpg negotiates SCRAM itself; the key would reach the server as a GUC
+        else:
+            kept.append((key, value))
+    dsn = urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(kept), parts.fragment))
+    return dsn, ssl
+
+
+def _ssl_arg(mode: str) -> Any:
+    mode = mode.lower()
+    if mode in ("disable", "false", "0"):
+        return False
+    if mode in ("allow", "prefer"):
+        return "prefer"
+    if mode in ("require", "true", "1"):
+        return "require"
+    if mode in ("verify-ca", "verify-full"):
+        return ssl_module.create_default_context()
+    raise ValueError(f"unsupported sslmode {mode!r}")
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for typ in ("json", "jsonb"):
+        await conn.set_type_codec(typ, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+_DOWN = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.TooManyConnectionsError,
+)
+
+
+class Store:
+    """Runs named statements; returns plain dicts. Counts statements for the O(1) tests."""
+
+    def __init__(self, url: str, *, pool_max: int = 10, timeout_s: float = 10.0) -> None:
+        self.dsn, self._ssl = parse_database_url(url)
+        self._pool_max = pool_max
+        self._timeout = timeout_s
+        self._pool: asyncpg.Pool | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock: asyncio.Lock | None = None
+        self.statements = 0
+
+    async def _get_pool(self) -> asyncpg.Pool:
+        loop = asyncio.get_running_loop()
+        if self._pool is not None and self._loop is loop:
+            return self._pool
+        if self._lock is None or self._loop is not loop:
+            self._lock = asyncio.Lock()
+            self._loop = loop
+            self._pool = None
+        async with self._lock:
+            if self._pool is None:
+                try:
+                    self._pool = await asyncpg.create_pool(
+                        self.dsn,
+                        ssl=self._ssl,
+                        min_size=0,
+                        max_size=self._pool_max,
+                        statement_cache_size=0,  # safe behind a transaction-mode pooler
+                        command_timeout=self._timeout,
+                        timeout=self._timeout,
+                        max_inactive_connection_lifetime=60,
+                        init=_init_connection,
+                    )
+                except _DOWN as e:
+                    raise PostgresUnavailable(f"postgres: {type(e).__name__}: {e}") from e
+            return self._pool
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
+        pool = await self._get_pool()
+        try:
+            async with pool.acquire() as conn:
+                yield conn
+        except _DOWN as e:
+            raise PostgresUnavailable(f"postgres: {type(e).__name__}: {e}") from e
+
+    async def fetch(self, name: str, *args: Any) -> list[Row]:
+        return await self.fetch_sql(QUERIES[name], *args)
+
+    async def fetch_sql(self, sql: str, *args: Any) -> list[Row]:
+        self.statements += 1
+        async with self.connection() as conn:
+            try:
+                rows = await conn.fetch(sql, *args)
+            except _DOWN as e:
+                raise PostgresUnavailable(f"postgres: {type(e).__name__}: {e}") from e
+        return [dict(r) for r in rows]
+
+    async def fetchrow(self, name: str, *args: Any) -> Row | None:
+        rows = await self.fetch(name, *args)
+        return rows[0] if rows else None
+
+    async def execute_script(self, sql: str) -> None:
+        self.statements += 1
+        async with self.connection() as conn:
+            await conn.execute(sql)
+
+    async def migrate(self) -> None:
+        """Apply schema.sql; idempotent (every statement is IF NOT EXISTS). Serialised by an
+        advisory lock held for the transaction, so concurrent deploys do not race."""
+        async with self.connection() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(7428190331)")
+            await conn.execute(schema_sql())
+
+    async def ping(self) -> None:
+        async with self.connection() as conn:
+            await conn.fetchval("SELECT 1")
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None and self._loop is asyncio.get_running_loop():
+            await pool.close()
+
+
+def ids_array(ids: Sequence[int]) -> list[int]:
+    return [int(i) for i in ids]

@@ -1,0 +1,51 @@
+-- jobqueue: the canonical DDL. Applied by `jobqueue migrate` (idempotent), by the tests and by
+-- deploys (psql "$DATABASE_URL" -f schema.sql). The SQLModel `Job` model in jobqueue/models.py
+-- must agree with it: tests/integration/test_schema.py checks.
+
+CREATE TABLE IF NOT EXISTS jobs (
+    id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    queue            text        NOT NULL DEFAULT 'default',
+    type             text        NOT NULL,
+    payload          jsonb       NOT NULL DEFAULT '{}'::jsonb,
+    status           text        NOT NULL DEFAULT 'pending'
+                     CHECK (status IN ('pending', 'scheduled', 'processing', 'completed', 'failed', 'cancelled')),
+    priority         smallint    NOT NULL DEFAULT 5 CHECK (priority BETWEEN 0 AND 9),
+    attempts         integer     NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+    max_attempts     integer     NOT NULL DEFAULT 3 CHECK (max_attempts BETWEEN 1 AND 100),
+    -- {"type": "fixed"|"exponential", "delay_ms": int, "max_delay_ms": int, "jitter": 0..1}
+    backoff          jsonb       NOT NULL DEFAULT '{"type": "exponential", "delay_ms": 1000, "max_delay_ms": 3600000, "jitter": 0}'::jsonb,
+    timeout_ms       integer     NOT NULL DEFAULT 30000 CHECK (timeout_ms > 0),
+    idempotency_key  text,
+    -- when the job may run: enqueue time, a delay, or the next retry after a backoff
+    run_at           timestamptz NOT NULL DEFAULT now(),
+    lease_token      text,
+    lease_expires_at timestamptz,
+    result           jsonb,
+    error            text,
+    -- one object per attempt: {"attempt", "started_at", "ended_at", "outcome", "error"}
+    history          jsonb       NOT NULL DEFAULT '[]'::jsonb,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    started_at       timestamptz,
+    finished_at      timestamptz
+);
+
+-- idempotency: a key is unique per queue
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_queue_idempotency_key
+    ON jobs (queue, idempotency_key) WHERE idempotency_key IS NOT NULL;
+-- listing newest first, filtered by status / queue / type (keyset paging on id)
+CREATE INDEX IF NOT EXISTS jobs_status_id ON jobs (status, id DESC);
+CREATE INDEX IF NOT EXISTS jobs_queue_status_id ON jobs (queue, status, id DESC);
+CREATE INDEX IF NOT EXISTS jobs_type_id ON jobs (type, id DESC);
+-- reconcile and metrics over the unfinished jobs only
+CREATE INDEX IF NOT EXISTS jobs_active ON jobs (queue, status, created_at)
+    WHERE status IN ('pending', 'scheduled', 'processing');
+-- retention, metrics over recent outcomes
+CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_at, status)
+    WHERE finished_at IS NOT NULL;
+
+-- queues: the durable copy of the pause flag (Redis holds the fast copy; reconcile restores it)
+CREATE TABLE IF NOT EXISTS queues (
+    name       text PRIMARY KEY,
+    paused     boolean     NOT NULL DEFAULT false,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
