@@ -16,7 +16,7 @@ import logging
 import secrets
 import time
 import traceback
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -49,9 +49,13 @@ class DrainReport:
     batches: int = 0
     dropped: int = 0
     reconciled: int = 0
+    # Jobs that reached `failed` in this drain (id, type, queue, error): for alerts, not the response.
+    dead: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d.pop("dead")
+        return d
 
 
 @dataclass
@@ -110,9 +114,19 @@ async def drain(
             break
         report.batches += 1
         await _run_batch(jq, claimed, token, deadline, report, stop)
+    for hook in jq.drain_hooks:
+        # Housekeeping and alerts ride on drains; their failures never fail the drain.
+        try:
+            await hook(jq, report)
+        except Exception:
+            log.exception("drain hook %s failed", getattr(hook, "__name__", hook))
     report.duration_ms = int((loop.time() - started) * 1000)
     log.info(json.dumps({"event": "drain", **report.as_dict()}))
     return report
+
+
+def _dead(row: dict[str, Any], error: str | None) -> dict[str, Any]:
+    return {"id": row["id"], "type": row.get("type"), "queue": row.get("queue"), "error": (error or "")[:500]}
 
 
 async def _run_batch(
@@ -157,6 +171,7 @@ async def _run_batch(
             ack.done(queue, member, token)
             report.failed += 1
             report.recovered += 1
+            report.dead.append(_dead(r, r.get("error")))
             _log_outcome(r, "failed", r.get("error"), 0)
         else:  # defer: a scheduled row that is not due (restored early): back to delayed
             ack.retry(queue, member, token, to_ms(r["run_at"]))
@@ -193,6 +208,8 @@ async def _run_batch(
                 ack.done(queue, member, token)
                 continue
             setattr(report, o.outcome, getattr(report, o.outcome) + 1)
+            if o.outcome == "failed":
+                report.dead.append(_dead(o.row, o.error))
             if o.outcome == "retried":
                 ack.retry(queue, member, token, to_ms(o.run_at))
             elif o.outcome == "released":

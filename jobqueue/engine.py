@@ -54,6 +54,8 @@ class JobQueue:
         self.needs_reconcile = False
         # Called (awaited) when an enqueue wins the kick debounce; see api/_kick.py.
         self.kicker: Callable[[], Awaitable[None]] | None = None
+        # Awaited after every drain with (engine, report): housekeeping, alerts. See drain.py.
+        self.drain_hooks: list[Callable[[JobQueue, Any], Awaitable[None]]] = []
 
     @classmethod
     def from_settings(cls, settings: Settings, registry: Registry, clock: Clock | None = None) -> JobQueue:
