@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import contextlib
+import importlib
 import json
 import logging
 import signal

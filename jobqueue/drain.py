@@ -102,15 +102,17 @@ async def drain(
         lease_deadline_ms = now_ms + int(left * 1000) + s.lease_grace_ms
         queues = sorted(jq.queues)
         claimed = await jq.broker.claim(queues, limit, now_ms, lease_deadline_ms, token, s.reconcile_interval_s * 1000)
+        restored = 0
         if claimed.epoch_missing or claimed.reconcile_due:
             # Redis lost its data (no epoch marker), or the periodic check is due.
-            report.reconciled += (await jq.reconcile(full=claimed.epoch_missing))["restored"]
+            restored = (await jq.reconcile(full=claimed.epoch_missing))["restored"]
+            report.reconciled += restored
         unknown = set(claimed.known_queues) - jq.queues
         if unknown:
             jq.queues |= unknown
         if not claimed.members:
-            if unknown or claimed.epoch_missing:
-                continue  # new queues or a fresh index: look again at once
+            if unknown or claimed.epoch_missing or restored:
+                continue  # new queues, a rebuilt index or restored jobs: look again at once
             break
         report.batches += 1
         await _run_batch(jq, claimed, token, deadline, report, stop)

@@ -42,7 +42,7 @@ class Keys:
 
     @property
     def reconcile_due(self) -> str:
-        """A PX-expiring marker: while it exists the periodic reconcile is not due."""
+        """When the next periodic reconcile is due, in ms of the engine's clock."""
         return f"{self.prefix}:reconcile:next"
 
     @property

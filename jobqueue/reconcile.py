@@ -1,8 +1,9 @@
 """Reconcile: re-create missing Redis entries from Postgres, the source of truth.
 
-- full (Redis lost its data: the epoch marker is gone): index every unfinished row again
-  (pending -> ready, scheduled -> delayed, processing -> processing with its lease deadline),
-  restore the pause flags and the queue set, then set the epoch marker.
+- full (Redis lost its data: the epoch marker is gone; also the very first drain): rebuild the
+  ready and delayed index of every queue from the unfinished rows (pending -> ready, scheduled ->
+  delayed, processing -> processing with its lease deadline), restore the pause flags and the
+  queue set, then set the epoch marker.
 - periodic (rare, JOBQUEUE_RECONCILE_INTERVAL_S, or on demand): per queue, diff the ids Redis
   holds against the unfinished rows and index only the missing ones (a push that failed after its
   insert, an eviction). Rows younger than FRESH_S are skipped: their own push may be in flight.
@@ -43,6 +44,13 @@ async def reconcile(jq: JobQueue, *, full: bool = False) -> dict[str, int]:
 
 
 async def _full(jq: JobQueue) -> int:
+    # Clear the ready and delayed index first, then read Postgres: an enqueue that pushed before
+    # the DEL committed its row before it, so the read below sees it; one that pushes after the
+    # DEL is indexed by its own push (and maybe again here, which is harmless). In-flight leases
+    # in the processing sets are kept.
+    known = sorted(jq.queues | set(await jq.redis.command("SMEMBERS", jq.keys.queues) or []))
+    if known:
+        await jq.redis.pipeline([["DEL", *jq.keys.ready_all(q), jq.keys.delayed(q)] for q in known])
     restored, after = 0, 0
     while True:
         rows = await jq.store.fetch("active_jobs", None, after, PAGE)

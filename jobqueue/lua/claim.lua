@@ -5,7 +5,7 @@
 -- KEYS[1]  SET of queue names (returned so the caller can discover queues it does not know)
 -- KEYS[2]  SET of paused queue names
 -- KEYS[3]  epoch marker; missing means Redis lost its data and a full reconcile is needed
--- KEYS[4]  periodic reconcile marker (PX-expiring); missing means a periodic reconcile is due
+-- KEYS[4]  when the next periodic reconcile is due (ms); missing means now
 -- then, per queue i (0-based), 12 keys at 5 + 12*i:
 --   +0 delayed ZSET (score = due ms), +1 processing ZSET (score = lease deadline ms),
 --   +2 .. +11 ready lists for priority 9 down to 0
@@ -17,7 +17,8 @@
 -- ARGV[6 ..] queue names, one per 12-key group
 --
 -- Returns {flags, known_queues, q1, {members...}, {recovered...}, q2, ...}
---   flags: "E" when the epoch marker is missing, "R" when a periodic reconcile is due.
+--   flags: "E" when the epoch marker is missing (then nothing is taken), "R" when a periodic
+--   reconcile is due.
 -- Recovered members are expired leases (token stripped); members are fresh pops.
 -- Commands: 4 fixed + per queue 2 (ZRANGEBYSCORE x2) + promotions + pops + 1 ZADD when any taken.
 
@@ -29,9 +30,14 @@ local interval = tonumber(ARGV[5])
 
 local flags = ""
 if redis.call("EXISTS", KEYS[3]) == 0 then
-  flags = flags .. "E"
+  -- Redis lost its data (or was never indexed): pop nothing until reconcile has rebuilt the
+  -- index from Postgres, so nothing taken now is pushed a second time by that rebuild.
+  return {"E", redis.call("SMEMBERS", KEYS[1])}
 end
-if interval > 0 and redis.call("SET", KEYS[4], "1", "NX", "PX", interval) then
+-- The marker holds the next due time in the caller's clock (not a PX expiry), so the interval
+-- follows the injected clock like every other time in the engine.
+if interval > 0 and now >= tonumber(redis.call("GET", KEYS[4]) or "0") then
+  redis.call("SET", KEYS[4], now + interval)
   flags = flags .. "R"
 end
 

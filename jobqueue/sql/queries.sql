@@ -63,7 +63,7 @@ run AS (
     FROM cand c
     WHERE j.id = c.id
       AND NOT (c.status = 'processing' AND c.attempts >= c.max_attempts)
-      AND NOT (c.status = 'scheduled' AND c.run_at > $2 + interval '1 second')
+      AND NOT (c.status = 'scheduled' AND c.run_at > $2)
     RETURNING j.id, j.queue, j.type, j.payload, j.attempts, j.max_attempts, j.timeout_ms, j.backoff,
               j.priority, j.created_at, (c.status = 'processing') AS recovered
 )
@@ -73,7 +73,7 @@ UNION ALL
 SELECT 'dead', id, queue, type, NULL, attempts, NULL, NULL, NULL, NULL, NULL, true, NULL, error FROM dead
 UNION ALL
 SELECT 'defer', id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, false, run_at, NULL
-FROM cand WHERE status = 'scheduled' AND run_at > $2 + interval '1 second';
+FROM cand WHERE status = 'scheduled' AND run_at > $2;
 
 -- name: finish
 -- Record every outcome of a batch in one statement; only the lease holder ($8) may write.
@@ -105,13 +105,13 @@ RETURNING j.id;
 
 -- name: cancel
 -- Cancel a job that has not started; a cancelled job's id may stay in Redis: the claim drops it.
-UPDATE jobs SET status = 'cancelled', finished_at = $2, run_at = $2
+UPDATE jobs SET status = 'cancelled', finished_at = $2::timestamptz, run_at = $2::timestamptz
 WHERE id = $1 AND status IN ('pending', 'scheduled')
 RETURNING *;
 
 -- name: rerun
 -- Re-run failed or cancelled jobs with a fresh set of attempts; the history keeps the old ones.
-UPDATE jobs SET status = 'pending', attempts = 0, run_at = $2, finished_at = NULL, result = NULL,
+UPDATE jobs SET status = 'pending', attempts = 0, run_at = $2::timestamptz, finished_at = NULL, result = NULL,
                 lease_token = NULL, lease_expires_at = NULL,
                 history = history || jsonb_build_array(jsonb_build_object('requeued_at', $2,
                                                                           'previous_status', status))
