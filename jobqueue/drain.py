@@ -79,43 +79,16 @@ async def drain(
 ) -> DrainReport:
     loop = asyncio.get_running_loop()
     started = loop.time()
-    deadline = started + budget_s
-    report = DrainReport()
-    s = jq.settings
-    batch = min(batch_size or s.batch_size, 1000)
+    run = _Drain(jq, deadline=started + budget_s, max_jobs=max_jobs, stop=stop, batch=batch_size)
 
     if jq.needs_reconcile:
         jq.needs_reconcile = False
-        report.reconciled += (await jq.reconcile(full=False))["restored"]
+        run.report.reconciled += (await jq.reconcile(full=False))["restored"]
 
-    while True:
-        left = deadline - loop.time()
-        if left < MIN_HEADROOM_S or (stop is not None and stop.is_set()):
-            report.more = True
-            break
-        limit = batch if max_jobs is None else min(batch, max_jobs - report.claimed)
-        if limit <= 0:
-            report.more = True
-            break
-        token = secrets.token_hex(6)
-        now_ms = jq.clock.ms()
-        lease_deadline_ms = now_ms + int(left * 1000) + s.lease_grace_ms
-        queues = sorted(jq.queues)
-        claimed = await jq.broker.claim(queues, limit, now_ms, lease_deadline_ms, token, s.reconcile_interval_s * 1000)
-        restored = 0
-        if claimed.epoch_missing or claimed.reconcile_due:
-            # Redis lost its data (no epoch marker), or the periodic check is due.
-            restored = (await jq.reconcile(full=claimed.epoch_missing))["restored"]
-            report.reconciled += restored
-        unknown = set(claimed.known_queues) - jq.queues
-        if unknown:
-            jq.queues |= unknown
-        if not claimed.members:
-            if unknown or claimed.epoch_missing or restored:
-                continue  # new queues, a rebuilt index or restored jobs: look again at once
-            break
-        report.batches += 1
-        await _run_batch(jq, claimed, token, deadline, report, stop)
+    await run.lane(first=True)
+    if run.lanes:
+        await asyncio.gather(*run.lanes)
+    report = run.report
     for hook in jq.drain_hooks:
         # Housekeeping and alerts ride on drains; their failures never fail the drain.
         try:
@@ -125,6 +98,75 @@ async def drain(
     report.duration_ms = int((loop.time() - started) * 1000)
     log.info(json.dumps({"event": "drain", **report.as_dict()}))
     return report
+
+
+class _Drain:
+    """One drain's shared state. Work runs in lanes: each lane loops claim -> grant -> run ->
+    record -> ack. The first lane starts the others only once a claim comes back full, so an idle
+    or light drain stays one request per look, while a backlog overlaps one lane's Postgres and
+    Redis waits with another lane's handlers (DESIGN.md's O(1) per batch holds per lane)."""
+
+    def __init__(
+        self, jq: JobQueue, *, deadline: float, max_jobs: int | None, stop: asyncio.Event | None, batch: int | None
+    ) -> None:
+        self.jq = jq
+        self.deadline = deadline
+        self.stop = stop
+        self.batch = min(batch or jq.settings.batch_size, 1000)
+        self.unclaimed = max_jobs  # jobs this drain may still claim (None: no cap)
+        self.report = DrainReport()
+        self.lanes: list[asyncio.Task[None]] = []
+        self.sem = asyncio.Semaphore(jq.settings.concurrency)
+
+    def _reserve(self) -> int:
+        if self.unclaimed is None:
+            return self.batch
+        n = min(self.batch, self.unclaimed)
+        self.unclaimed -= n
+        return n
+
+    def _give_back(self, n: int) -> None:
+        if self.unclaimed is not None:
+            self.unclaimed += n
+
+    async def lane(self, *, first: bool = False) -> None:
+        jq, s, report = self.jq, self.jq.settings, self.report
+        loop = asyncio.get_running_loop()
+        while True:
+            left = self.deadline - loop.time()
+            if left < MIN_HEADROOM_S or (self.stop is not None and self.stop.is_set()):
+                report.more = True
+                return
+            limit = self._reserve()
+            if limit <= 0:
+                report.more = True
+                return
+            token = secrets.token_hex(6)
+            now_ms = jq.clock.ms()
+            lease_deadline_ms = now_ms + int(left * 1000) + s.lease_grace_ms
+            try:
+                claimed = await jq.broker.claim(
+                    sorted(jq.queues), limit, now_ms, lease_deadline_ms, token, s.reconcile_interval_s * 1000
+                )
+            finally:
+                self._give_back(limit)
+            self._give_back(-len(claimed.members))
+            restored = 0
+            if claimed.epoch_missing or claimed.reconcile_due:
+                # Redis lost its data (no epoch marker), or the periodic check is due.
+                restored = (await jq.reconcile(full=claimed.epoch_missing))["restored"]
+                report.reconciled += restored
+            unknown = set(claimed.known_queues) - jq.queues
+            if unknown:
+                jq.queues |= unknown
+            if not claimed.members:
+                if unknown or claimed.epoch_missing or restored:
+                    continue  # new queues, a rebuilt index or restored jobs: look again at once
+                return
+            if first and not self.lanes and len(claimed.members) >= limit:
+                self.lanes = [asyncio.create_task(self.lane()) for _ in range(s.drain_lanes - 1)]
+            report.batches += 1
+            await _run_batch(jq, claimed, token, self.deadline, report, self.stop, self.sem)
 
 
 def _dead(row: dict[str, Any], error: str | None) -> dict[str, Any]:
@@ -138,6 +180,7 @@ async def _run_batch(
     deadline: float,
     report: DrainReport,
     stop: asyncio.Event | None,
+    sem: asyncio.Semaphore,
 ) -> None:
     s = jq.settings
     now = jq.clock.now()
@@ -185,7 +228,7 @@ async def _run_batch(
     # Start in pop order (priority, then FIFO); Postgres returns the rows in no particular order.
     order = {jid: i for i, jid in enumerate(claimed.members)}
     to_run.sort(key=lambda r: order[r["id"]])
-    outcomes = await _run_all(jq, to_run, deadline, stop) if to_run else []
+    outcomes = list(await asyncio.gather(*(_run_one(jq, r, sem, deadline, stop) for r in to_run)))
 
     if outcomes:
         fin = jq.clock.now()
@@ -225,13 +268,6 @@ def _priority(member: str) -> int:
     return 999999 - int(member[:6])
 
 
-async def _run_all(
-    jq: JobQueue, rows: list[dict[str, Any]], deadline: float, stop: asyncio.Event | None
-) -> list[Outcome]:
-    sem = asyncio.Semaphore(jq.settings.concurrency)
-    return list(await asyncio.gather(*(_run_one(jq, r, sem, deadline, stop) for r in rows)))
-
-
 async def _run_one(
     jq: JobQueue, row: dict[str, Any], sem: asyncio.Semaphore, deadline: float, stop: asyncio.Event | None
 ) -> Outcome:
@@ -256,7 +292,9 @@ async def _run_one(
                 enqueue=lambda req: jq.enqueue(req),
                 settings=jq.settings,
             )
-            result = await asyncio.wait_for(jt.handler(payload, ctx), timeout_s)
+            # asyncio.timeout, not wait_for: wait_for wraps every job in one more task.
+            async with asyncio.timeout(timeout_s):
+                result = await jt.handler(payload, ctx)
             try:
                 encoded = json.dumps(result)
             except (TypeError, ValueError) as e:

@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     prefix: str = Field(default="jq", validation_alias="JOBQUEUE_PREFIX", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     batch_size: int = Field(default=500, ge=1, le=1000, validation_alias="JOBQUEUE_BATCH_SIZE")
     concurrency: int = Field(default=500, ge=1, le=5000, validation_alias="JOBQUEUE_CONCURRENCY")
+    # Batch loops one drain runs side by side once a claim comes back full (see drain.py).
+    drain_lanes: int = Field(default=2, ge=1, le=8, validation_alias="JOBQUEUE_DRAIN_LANES")
     lease_grace_ms: int = Field(default=5000, ge=0, validation_alias="JOBQUEUE_LEASE_GRACE_MS")
     reconcile_interval_s: int = Field(default=300, ge=0, validation_alias="JOBQUEUE_RECONCILE_INTERVAL_S")
     # The function's maxDuration (vercel.json) and the margin kept free for the response.

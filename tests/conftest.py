@@ -33,7 +33,8 @@ from jobqueue.transports import RedisPyTransport, UpstashTransport
 
 ADMIN_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
-TEMPLATE = "jobqueue_test_template"
+# Per run, so two test runs on one machine never fight over the template.
+TEMPLATE = f"jobqueue_tpl_{os.getpid()}"
 PROXY_TOKEN = "test-upstash-token"
 
 
@@ -49,7 +50,7 @@ def _db_url(name: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def pg_template() -> str:
+def pg_template() -> Iterator[str]:
     async def make() -> None:
         conn = await asyncpg.connect(ADMIN_URL)
         try:
@@ -63,11 +64,19 @@ def pg_template() -> str:
         finally:
             await conn.close()
 
+    async def drop() -> None:
+        conn = await asyncpg.connect(ADMIN_URL)
+        try:
+            await conn.execute(f"DROP DATABASE IF EXISTS {TEMPLATE} WITH (FORCE)")
+        finally:
+            await conn.close()
+
     try:
         asyncio.run(make())
     except (OSError, asyncpg.PostgresError) as e:
         pytest.skip(f"PostgreSQL is not reachable at {ADMIN_URL}: {e}")
-    return TEMPLATE
+    yield TEMPLATE
+    asyncio.run(drop())
 
 
 @pytest.fixture

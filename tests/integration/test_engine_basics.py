@@ -39,7 +39,7 @@ async def test_enqueue_and_drain_echo(make_jq: Any, transport_kind: str) -> None
 
 async def test_priority_across_lists_and_fifo_within(make_jq: Any, order_registry: Any, transport_kind: str) -> None:
     reg, seen = order_registry
-    jq: JobQueue = make_jq(reg, JOBQUEUE_BATCH_SIZE=1, JOBQUEUE_CONCURRENCY=1)
+    jq: JobQueue = make_jq(reg, JOBQUEUE_BATCH_SIZE=1, JOBQUEUE_CONCURRENCY=1, JOBQUEUE_DRAIN_LANES=1)
     await jq.drain(1)  # epoch
     plan = [(0, 1), (5, 2), (9, 3), (5, 4), (0, 5), (9, 6), (7, 7)]
     for prio, n in plan:
@@ -88,7 +88,7 @@ async def test_idle_drain_is_one_redis_request_and_no_postgres(make_jq: Any, tra
 
 
 async def test_batch_costs_constant_round_trips(make_jq: Any, transport_kind: str) -> None:
-    jq: JobQueue = make_jq(JOBQUEUE_BATCH_SIZE=500)
+    jq: JobQueue = make_jq(JOBQUEUE_BATCH_SIZE=500, JOBQUEUE_DRAIN_LANES=1)
     await jq.drain(1)
     jq.redis.requests = jq.store.statements = 0
     await jq.enqueue_many([{"type": "echo", "payload": {"i": i}} for i in range(500)])
