@@ -82,8 +82,10 @@ async def drain(
     run = _Drain(jq, deadline=started + budget_s, max_jobs=max_jobs, stop=stop, batch=batch_size)
 
     if jq.needs_reconcile:
+        # A push failed in this process: index what Postgres has and Redis lacks, the rows just
+        # written included (they are why we are here; a duplicate of a racing push is harmless).
         jq.needs_reconcile = False
-        run.report.reconciled += (await jq.reconcile(full=False))["restored"]
+        run.report.reconciled += (await jq.reconcile(full=False, fresh_s=0))["restored"]
 
     await run.lane(first=True)
     if run.lanes:

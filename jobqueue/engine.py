@@ -61,7 +61,12 @@ class JobQueue:
     def from_settings(cls, settings: Settings, registry: Registry, clock: Clock | None = None) -> JobQueue:
         if not settings.database_url:
             raise InvalidJob("DATABASE_URL is not set")
-        store = Store(settings.database_url, pool_max=settings.pg_pool_max, timeout_s=settings.pg_timeout_s)
+        store = Store(
+            settings.database_url,
+            pool_max=settings.pg_pool_max,
+            timeout_s=settings.pg_timeout_s,
+            statement_cache=settings.pg_statement_cache,
+        )
         return cls(store, transport_from_settings(settings), registry, settings, clock)
 
     @property
@@ -177,7 +182,7 @@ class JobQueue:
             self.needs_reconcile = True
             log.warning("enqueue: jobs stored but not indexed in Redis (reconcile will): %s", e.message)
             return
-        if want_kick and res and res[-1] == "OK" and self.kicker is not None:
+        if want_kick and res and res[-1] in ("OK", True) and self.kicker is not None:  # raw or redis-py
             try:
                 await self.kicker()
             except Exception as e:  # a kick is an optimisation; cron still drains
@@ -303,10 +308,10 @@ class JobQueue:
 
         return await drain(self, self.settings.budget_s if budget_s is None else budget_s, **kw)
 
-    async def reconcile(self, *, full: bool = False) -> dict[str, int]:
-        from .reconcile import reconcile
+    async def reconcile(self, *, full: bool = False, fresh_s: float | None = None) -> dict[str, int]:
+        from .reconcile import FRESH_S, reconcile
 
-        return await reconcile(self, full=full)
+        return await reconcile(self, full=full, fresh_s=FRESH_S if fresh_s is None else fresh_s)
 
 
 def parse_request(data: Any) -> JobRequest:

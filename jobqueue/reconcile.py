@@ -28,14 +28,14 @@ PAGE = 5000
 FRESH_S = 10
 
 
-async def reconcile(jq: JobQueue, *, full: bool = False) -> dict[str, int]:
+async def reconcile(jq: JobQueue, *, full: bool = False, fresh_s: float = FRESH_S) -> dict[str, int]:
     keys = jq.keys
     # One reconcile at a time across all drains; the lock expires if its holder dies.
     got = await jq.redis.command("SET", keys.reconcile_lock, "1", "NX", "PX", 60_000)
-    if got is None:
+    if not got:  # nil (raw reply) or False/None (redis-py's SET callback)
         return {"restored": 0, "skipped": 1}
     try:
-        restored = await (_full(jq) if full else _periodic(jq))
+        restored = await (_full(jq) if full else _periodic(jq, fresh_s))
     finally:
         await jq.redis.command("DEL", keys.reconcile_lock)
     if restored:
@@ -72,9 +72,9 @@ async def _full(jq: JobQueue) -> int:
     return restored
 
 
-async def _periodic(jq: JobQueue) -> int:
+async def _periodic(jq: JobQueue, fresh_s: float) -> int:
     restored = 0
-    fresh = jq.clock.now() - timedelta(seconds=FRESH_S)
+    fresh = jq.clock.now() - timedelta(seconds=fresh_s)
     for queue in sorted(jq.queues):
         indexed = await jq.broker.indexed_ids(queue)
         after = 0
@@ -83,7 +83,7 @@ async def _periodic(jq: JobQueue) -> int:
             if not rows:
                 break
             after = rows[-1]["id"]
-            missing = [r for r in rows if r["id"] not in indexed and r["created_at"] < fresh]
+            missing = [r for r in rows if r["id"] not in indexed and r["created_at"] <= fresh]
             if missing:
                 await jq.broker.push(missing)
                 restored += len(missing)

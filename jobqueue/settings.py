@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     max_payload_bytes: int = Field(default=256 * 1024, ge=1, validation_alias="JOBQUEUE_MAX_PAYLOAD_BYTES")
     redis_timeout_s: float = Field(default=5.0, gt=0, validation_alias="JOBQUEUE_REDIS_TIMEOUT_S")
     pg_timeout_s: float = Field(default=10.0, gt=0, validation_alias="JOBQUEUE_PG_TIMEOUT_S")
+    # None: automatic (off behind a pooler host such as Neon's `-pooler`, on for direct connections).
+    pg_statement_cache: bool | None = Field(default=None, validation_alias="JOBQUEUE_PG_STATEMENT_CACHE")
     pg_pool_max: int = Field(default=10, ge=1, validation_alias="JOBQUEUE_PG_POOL_MAX")
     kick_interval_ms: int = Field(default=1000, ge=0, validation_alias="JOBQUEUE_KICK_INTERVAL_MS")
 

@@ -70,6 +70,12 @@ def parse_database_url(url: str) -> tuple[str, Any]:
     return dsn, ssl
 
 
+def looks_pooled(dsn: str) -> bool:
+    """Neon's pooled hosts carry `-pooler`; PgBouncer listens on 6432, Supabase's pooler on 6543."""
+    parts = urlsplit(dsn)
+    return "-pooler" in (parts.hostname or "") or parts.port in (6432, 6543)
+
+
 def _ssl_arg(mode: str) -> Any:
     mode = mode.lower()
     if mode in ("disable", "false", "0"):
@@ -101,8 +107,14 @@ _DOWN = (
 class Store:
     """Runs named statements; returns plain dicts. Counts statements for the O(1) tests."""
 
-    def __init__(self, url: str, *, pool_max: int = 10, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self, url: str, *, pool_max: int = 10, timeout_s: float = 10.0, statement_cache: bool | None = None
+    ) -> None:
         self.dsn, self._ssl = parse_database_url(url)
+        # Named prepared statements do not survive a transaction-mode pooler (a later transaction
+        # lands on another server connection), so the cache is off behind one; on a direct
+        # connection it saves a round trip per statement.
+        self.statement_cache = not looks_pooled(self.dsn) if statement_cache is None else statement_cache
         self._pool_max = pool_max
         self._timeout = timeout_s
         self._pool: asyncpg.Pool | None = None
@@ -126,7 +138,7 @@ class Store:
                         ssl=self._ssl,
                         min_size=0,
                         max_size=self._pool_max,
-                        statement_cache_size=0,  # safe behind a transaction-mode pooler
+                        statement_cache_size=100 if self.statement_cache else 0,
                         command_timeout=self._timeout,
                         timeout=self._timeout,
                         max_inactive_connection_lifetime=60,

@@ -141,16 +141,28 @@ class UpstashTransport:
             raise RedisUnavailable(f"upstash: request timed out ({type(e).__name__})") from e
         except httpx.HTTPError as e:
             raise RedisUnavailable(f"upstash: {type(e).__name__}: {e}") from e
-        except (ValueError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError, AttributeError, AssertionError) as e:
             # An HTML 502 page or any non-JSON body: JSONDecodeError is a ValueError; a JSON
-            # body without "result" is a KeyError; base64 garbage is a ValueError too.
+            # body without "result" is a KeyError; base64 garbage is a ValueError too; a body of
+            # the wrong shape (one {"error"} object where a pipeline expects a list, a list where
+            # one object is expected) is an AttributeError inside the SDK; a `null` body trips
+            # the SDK's `assert last_error is not None`.
             raise RedisUnavailable(f"upstash: malformed response ({type(e).__name__})") from e
+
+    async def _send(self, path: str, command: list[Any], pipeline: bool = False) -> Any:
+        """POST through the SDK's HTTP layer (auth, base64 decoding, {"error"} -> UpstashError)
+        but without `Redis.execute`'s per-command reply formatting, which turns SET into True/False
+        (so a lost SET NX is False, not None) and ZRANGE WITHSCORES into tuples: callers of this
+        port get the raw Redis reply, as Upstash sends it."""
+        r = self._redis
+        r._maybe_set_sync_token_header(r._headers)
+        return await r._http.execute(url=self.url + path, headers=r._headers, command=command, from_pipeline=pipeline)
 
     async def command(self, *args: Any) -> Any:
         from upstash_redis.errors import UpstashError
 
         try:
-            return await self._guard(self._redis.execute(list(args)))
+            return await self._guard(self._send("", list(args)))
         except UpstashError as e:
             raise RedisUnavailable(f"upstash: {e}") from e
 
@@ -159,14 +171,14 @@ class UpstashTransport:
 
         if not commands:
             return []
-        pipe = self._redis.pipeline()
-        for cmd in commands:
-            pipe.execute(list(cmd))
         try:
-            return list(await self._guard(pipe.exec()))
+            res = await self._guard(self._send("/pipeline", [list(c) for c in commands], pipeline=True))
         except UpstashError as e:
             # The SDK raises on the first error entry and discards the rest (the server ran them).
             raise RedisUnavailable(f"upstash pipeline error: {e}") from e
+        if len(res) != len(commands):
+            raise RedisUnavailable(f"upstash: pipeline of {len(commands)} answered with {len(res)} results")
+        return list(res)
 
     async def script(self, script: Script, keys: list[str], args: list[Any]) -> Any:
         from upstash_redis.errors import UpstashError
@@ -174,11 +186,11 @@ class UpstashTransport:
         cmd = [len(keys), *keys, *args]
         try:
             try:
-                return await self._guard(self._redis.execute(["EVALSHA", script.sha, *cmd]))
+                return await self._guard(self._send("", ["EVALSHA", script.sha, *cmd]))
             except UpstashError as e:
                 if not str(e).startswith("NOSCRIPT"):
                     raise
-                return await self._guard(self._redis.execute(["EVAL", script.source, *cmd]))
+                return await self._guard(self._send("", ["EVAL", script.source, *cmd]))
         except UpstashError as e:
             raise RedisUnavailable(f"upstash script {script.name} failed: {e}") from e
 

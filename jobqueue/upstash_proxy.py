@@ -31,6 +31,8 @@ def _encode(value: Any, b64: bool) -> Any:
     if isinstance(value, bytes):
         if not b64:
             return value.decode("utf-8", "replace")
+        if value == b"OK":  # Upstash leaves the status reply OK unencoded
+            return "OK"
         return base64.b64encode(value).decode()
     if isinstance(value, list | tuple):
         return [_encode(v, b64) for v in value]
@@ -62,7 +64,9 @@ def _error(e: Exception) -> str:
 
 
 def create_app(redis_url: str, token: str, latency_ms: float = 0.0) -> Starlette:
-    client = aioredis.Redis.from_url(redis_url, decode_responses=False)
+    # protocol=2: redis-py 8 defaults to RESP3, whose replies (doubles, maps) are not the RESP2
+    # shapes Upstash answers with (ZRANGE WITHSCORES would return floats the SDK cannot decode).
+    client = aioredis.Redis.from_url(redis_url, decode_responses=False, protocol=2)
     # redis-py would rewrite replies (SET -> True, ZRANGE WITHSCORES -> float tuples...): keep raw.
     client.response_callbacks.clear()
     expected = f"Bearer {token}".encode()
@@ -114,7 +118,12 @@ def create_app(redis_url: str, token: str, latency_ms: float = 0.0) -> Starlette
         pipe = client.pipeline(transaction=request.url.path.endswith("multi-exec"))
         for cmd in body:
             pipe.execute_command(*[_arg(a) for a in cmd])
-        results = await pipe.execute(raise_on_error=False)
+        try:
+            results = await pipe.execute(raise_on_error=False)
+        except ResponseError as e:
+            # MULTI/EXEC discarded as a whole (EXECABORT: a command failed to queue). Upstash
+            # answers one {"error"} object; redis-py raises instead of returning a list.
+            return JSONResponse({"error": _error(e)}, status_code=400)
         out = [{"error": _error(r)} if isinstance(r, Exception) else {"result": _encode(r, b64)} for r in results]
         return JSONResponse(out)
 

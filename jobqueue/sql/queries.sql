@@ -155,3 +155,79 @@ ON CONFLICT (name) DO UPDATE SET paused = EXCLUDED.paused, updated_at = EXCLUDED
 -- name: queues
 -- Every queue with its pause flag.
 SELECT name, paused FROM queues ORDER BY name;
+
+-- name: metrics_counts
+-- Per queue: unfinished counts (jobs_active), failed and cancelled counts (jobs_dead), the earliest
+-- run_at among pending and scheduled jobs (jobs_due, one probe per queue: kind 'due') and the paused
+-- queues (kind 'paused'). Index-only scans over those partial indexes; completed rows are never read.
+WITH c AS (
+    SELECT queue, status, count(*)::bigint AS n FROM jobs
+    WHERE status IN ('pending', 'scheduled', 'processing') GROUP BY queue, status
+    UNION ALL
+    SELECT queue, status, count(*)::bigint FROM jobs
+    WHERE status IN ('failed', 'cancelled') GROUP BY queue, status
+)
+SELECT queue, status AS kind, n, NULL::timestamptz AS next_run_at FROM c
+UNION ALL
+SELECT q.queue, 'due', NULL,
+       (SELECT min(j.run_at) FROM jobs j WHERE j.queue = q.queue AND j.status IN ('pending', 'scheduled'))
+FROM (SELECT DISTINCT queue FROM c WHERE status IN ('pending', 'scheduled')) q
+UNION ALL
+SELECT name, 'paused', NULL, NULL FROM queues WHERE paused;
+
+-- name: metrics_finished
+-- Outcomes of finished jobs, through jobs_finished: kind 'attempts' counts the last day's
+-- (finished_at > $1) per queue, status and attempts (k); over the last hour (finished_at > $2) kind
+-- 'summary' has the counts and the execution and wait statistics per queue, and kind 'minute' the
+-- completed jobs per whole minute (k) before $3 = now. Only the hour's rows are read twice.
+WITH h AS MATERIALIZED (
+    SELECT queue, status, finished_at, (history -> -1 ->> 'duration_ms')::float8 AS exec_ms,
+           extract(epoch FROM started_at - created_at)::float8 * 1000 AS wait_ms
+    FROM jobs
+    WHERE finished_at > $2::timestamptz AND status IN ('completed', 'failed')
+)
+SELECT 'attempts' AS kind, queue, status, attempts AS k, count(*)::bigint AS n,
+       NULL::bigint AS completed, NULL::bigint AS failed, NULL::bigint AS exec_n, NULL::float8 AS exec_mean,
+       NULL::float8 AS exec_p50, NULL::float8 AS exec_p95, NULL::bigint AS wait_n, NULL::float8 AS wait_mean,
+       NULL::float8 AS wait_p95
+FROM jobs WHERE finished_at > $1::timestamptz AND status IN ('completed', 'failed')
+GROUP BY queue, status, attempts
+UNION ALL
+SELECT 'summary', queue, NULL, NULL, count(*),
+       count(*) FILTER (WHERE status = 'completed'), count(*) FILTER (WHERE status = 'failed'),
+       count(exec_ms), avg(exec_ms),
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY exec_ms), percentile_cont(0.95) WITHIN GROUP (ORDER BY exec_ms),
+       count(wait_ms), avg(wait_ms), percentile_cont(0.95) WITHIN GROUP (ORDER BY wait_ms)
+FROM h GROUP BY queue
+UNION ALL
+SELECT 'minute', queue, NULL, GREATEST(0, floor(extract(epoch FROM $3::timestamptz - finished_at) / 60))::int AS m,
+       count(*), NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+FROM h WHERE status = 'completed' GROUP BY queue, m;
+
+-- name: alert_checks
+-- For alerts, every queue but '_alerts': kind 'dlq' with failed = min(failed count, $1), and kind
+-- 'wait' with the earliest run_at of its pending and scheduled jobs (paused queues left out).
+-- Queues are found by loose index scans of jobs_dead and jobs_due (one probe per queue), and each
+-- count stops at $1, so the cost follows the number of queues, not of jobs.
+WITH RECURSIVE dq(queue) AS (
+    (SELECT queue FROM jobs WHERE status = 'failed' ORDER BY queue LIMIT 1)
+    UNION ALL
+    SELECT (SELECT j.queue FROM jobs j WHERE j.status = 'failed' AND j.queue > dq.queue ORDER BY j.queue LIMIT 1)
+    FROM dq WHERE dq.queue IS NOT NULL
+), wq(queue) AS (
+    (SELECT queue FROM jobs WHERE status IN ('pending', 'scheduled') ORDER BY queue LIMIT 1)
+    UNION ALL
+    SELECT (SELECT j.queue FROM jobs j
+            WHERE j.status IN ('pending', 'scheduled') AND j.queue > wq.queue ORDER BY j.queue LIMIT 1)
+    FROM wq WHERE wq.queue IS NOT NULL
+)
+SELECT queue, 'dlq' AS kind,
+       (SELECT count(*) FROM (SELECT 1 FROM jobs j WHERE j.queue = dq.queue AND j.status = 'failed' LIMIT $1) f)
+           AS failed,
+       NULL::timestamptz AS next_run_at
+FROM dq WHERE queue IS NOT NULL AND queue <> '_alerts'
+UNION ALL
+SELECT queue, 'wait', NULL,
+       (SELECT min(j.run_at) FROM jobs j WHERE j.queue = wq.queue AND j.status IN ('pending', 'scheduled'))
+FROM wq WHERE queue IS NOT NULL AND queue <> '_alerts'
+  AND NOT EXISTS (SELECT 1 FROM queues p WHERE p.name = wq.queue AND p.paused);

@@ -12,7 +12,7 @@ import pytest
 from jobqueue.keys import Keys, encode_member, lease_member, member_id, member_priority, strip_lease
 from jobqueue.models import Backoff, JobRequest
 from jobqueue.retry import backoff_delay_ms
-from jobqueue.store import QUERIES, parse_database_url
+from jobqueue.store import QUERIES, Store, parse_database_url
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -73,6 +73,21 @@ def test_database_url_normalisation(url: str, dsn: str, ssl_arg: object) -> None
 def test_verify_full_builds_a_verifying_context() -> None:
     _, ctx = parse_database_url("postgresql://u@h/db?sslmode=verify-full")
     assert isinstance(ctx, ssl.SSLContext) and ctx.verify_mode == ssl.CERT_REQUIRED
+
+
+@pytest.mark.parametrize(
+    ("url", "pooled"),
+    [
+        ("postgresql://u@ep-cool-1234-pooler.us-east-2.aws.neon.tech/db?sslmode=require", True),
+        ("postgresql://u@ep-cool-1234.us-east-2.aws.neon.tech/db?sslmode=require", False),
+        ("postgresql://u@db.example.com:6432/db", True),
+        ("postgresql://u@aws-0-eu.pooler.supabase.com:6543/postgres", True),
+        ("postgresql://u@127.0.0.1:5432/db", False),
+    ],
+)
+def test_statement_cache_is_off_behind_a_pooler(url: str, pooled: bool) -> None:
+    assert Store(url).statement_cache is (not pooled)
+    assert Store(url, statement_cache=False).statement_cache is False
 
 
 def test_database_url_rejects_other_schemes() -> None:
