@@ -49,3 +49,11 @@ CREATE TABLE IF NOT EXISTS queues (
     paused     boolean     NOT NULL DEFAULT false,
     updated_at timestamptz NOT NULL DEFAULT now()
 );
+
+-- metrics and alerts: when the oldest job that may run was due (min(run_at) per queue is one
+-- probe, whatever the backlog). Only pending and scheduled rows are in it, so it costs on insert
+-- and on a retry, never on the completion of a job.
+CREATE INDEX IF NOT EXISTS jobs_due ON jobs (queue, run_at) WHERE status IN ('pending', 'scheduled');
+-- metrics and alerts: dead-letter and cancelled counts per queue as index-only scans (also the
+-- per-queue DLQ listing). Rows enter it only when they fail or are cancelled.
+CREATE INDEX IF NOT EXISTS jobs_dead ON jobs (queue, status, id DESC) WHERE status IN ('failed', 'cancelled');
