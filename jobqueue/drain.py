@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from .broker import Ack, Claimed
 from .clock import to_ms
 from .errors import JobQueueError, PermanentError, PostgresUnavailable, RetryAfter
@@ -298,7 +300,7 @@ async def _run_one(
             async with asyncio.timeout(timeout_s):
                 result = await jt.handler(payload, ctx)
             try:
-                encoded = json.dumps(result)
+                encoded = orjson.dumps(result, option=orjson.OPT_NON_STR_KEYS).decode()
             except (TypeError, ValueError) as e:
                 raise PermanentError(f"the handler's result is not JSON-serialisable: {e}") from e
             out = Outcome(row, "completed", "completed", result=encoded)
@@ -326,7 +328,8 @@ def _retry_or_fail(jq: JobQueue, row: dict[str, Any], error: str, delay_ms: int 
     if row["attempts"] >= row["max_attempts"]:
         return _failed(row, error)
     if delay_ms is None:
-        delay_ms = backoff_delay_ms(row["backoff"], row["attempts"])
+        # The claim returns the policy as text: only a retry pays for parsing it.
+        delay_ms = backoff_delay_ms(orjson.loads(row["backoff"]), row["attempts"])
     return Outcome(row, "retried", "scheduled", error=error, run_at=jq.clock.now() + timedelta(milliseconds=delay_ms))
 
 

@@ -104,11 +104,11 @@ def _fold_finished(queues: dict[str, dict[str, Any]], rows: list[Row]) -> None:
     for r in rows:
         m = queues[r["queue"]]
         hour, day = m["last_hour"], m["last_day"]
-        if r["kind"] == "summary":
-            hour["completed"], hour["failed"] = int(r["completed_1h"]), int(r["failed_1h"])
-            day["completed"], day["failed"] = int(r["completed_24h"]), int(r["failed_24h"])
-            hour["success_rate"] = _ratio(hour["completed"], hour["failed"])
-            day["success_rate"] = _ratio(day["completed"], day["failed"])
+        if r["kind"] == "attempts":  # the day's counts are the sums of its attempts histogram
+            day["attempts"][r["status"]][str(r["k"])] = int(r["n"])
+            day[r["status"]] += int(r["n"])
+        elif r["kind"] == "summary":
+            hour["completed"], hour["failed"] = int(r["completed"]), int(r["failed"])
             hour["execution_ms"] = {
                 "count": int(r["exec_n"]),
                 "mean": _f(r["exec_mean"]),
@@ -116,14 +116,14 @@ def _fold_finished(queues: dict[str, dict[str, Any]], rows: list[Row]) -> None:
                 "p95": _f(r["exec_p95"]),
             }
             hour["wait_ms"] = {"count": int(r["wait_n"]), "mean": _f(r["wait_mean"]), "p95": _f(r["wait_p95"])}
-        elif r["kind"] == "attempts":
-            day["attempts"][r["status"]][str(r["k"])] = int(r["n"])
         else:  # minute: k whole minutes ago; the list runs oldest first
             hour["throughput_per_minute"][MINUTES - 1 - min(int(r["k"]), MINUTES - 1)] += int(r["n"])
     for m in queues.values():
-        for status in ("completed", "failed"):
-            att = m["last_day"]["attempts"][status]
-            m["last_day"]["attempts"][status] = dict(sorted(att.items(), key=lambda kv: int(kv[0])))
+        for window in (m["last_hour"], m["last_day"]):
+            window["success_rate"] = _ratio(window["completed"], window["failed"])
+        attempts = m["last_day"]["attempts"]
+        for status, by in attempts.items():
+            attempts[status] = dict(sorted(by.items(), key=lambda kv: int(kv[0])))
 
 
 def _ratio(completed: int, failed: int) -> float | None:

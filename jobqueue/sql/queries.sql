@@ -64,15 +64,15 @@ run AS (
     WHERE j.id = c.id
       AND NOT (c.status = 'processing' AND c.attempts >= c.max_attempts)
       AND NOT (c.status = 'scheduled' AND c.run_at > $2)
-    RETURNING j.id, j.queue, j.type, j.payload, j.attempts, j.max_attempts, j.timeout_ms, j.backoff,
-              j.priority, j.created_at, (c.status = 'processing') AS recovered
+    RETURNING j.id, j.queue, j.type, j.payload, j.attempts, j.max_attempts, j.timeout_ms,
+              j.backoff::text AS backoff, j.priority, j.created_at, (c.status = 'processing') AS recovered
 )
 SELECT 'run' AS kind, id, queue, type, payload, attempts, max_attempts, timeout_ms, backoff,
        priority, created_at, recovered, NULL::timestamptz AS run_at, NULL::text AS error FROM run
 UNION ALL
-SELECT 'dead', id, queue, type, NULL, attempts, NULL, NULL, NULL, NULL, NULL, true, NULL, error FROM dead
+SELECT 'dead', id, queue, type, NULL, attempts, NULL, NULL, NULL::text, NULL, NULL, true, NULL, error FROM dead
 UNION ALL
-SELECT 'defer', id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, false, run_at, NULL
+SELECT 'defer', id, NULL, NULL, NULL, NULL, NULL, NULL, NULL::text, NULL, NULL, false, run_at, NULL
 FROM cand WHERE status = 'scheduled' AND run_at > $2;
 
 -- name: finish
