@@ -1,10 +1,15 @@
 """`webhook.deliver`: POST a signed JSON event to a URL, following Standard Webhooks.
 
-Payload (`WebhookPayload`): `url` (http/https), optional `event`, `data` (any JSON), `headers`.
+Payload (`WebhookPayload`): `url` (http/https), optional `event`, `data` (any JSON), `headers`,
+and `body`: "envelope" (default) or "data".
 
-The request is `POST url` with a compact JSON body (UTF-8, ASCII-escaped):
+The request is `POST url` with a compact JSON body (UTF-8, ASCII-escaped); with the default
+`body: "envelope"`:
 
     {"type": <event or null>, "data": <data>, "timestamp": "2024-05-01T12:00:00Z"}
+
+With `body: "data"` the body is `data` itself, for receivers that define their own shape (a Slack
+incoming webhook wants `{"text": ...}` at the top); the headers and signature are the same.
 
 `timestamp` is the time of this attempt (the same second as `webhook-timestamp`): the job does not
 know when the event happened, only when it is being sent. Headers:
@@ -42,7 +47,7 @@ import time
 from contextlib import aclosing
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, TypeAlias, cast
+from typing import TYPE_CHECKING, Literal, TypeAlias, cast
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
@@ -93,6 +98,7 @@ class WebhookPayload(BaseModel):
     event: str | None = Field(default=None, max_length=200)
     data: JsonValue = None
     headers: dict[str, str] = Field(default_factory=dict, max_length=MAX_HEADERS)
+    body: Literal["envelope", "data"] = "envelope"
 
     @field_validator("url")
     @classmethod
@@ -143,10 +149,12 @@ async def deliver(payload: WebhookPayload, ctx: JobContext) -> dict[str, int]:
 
     msg_id = f"msg_{ctx.job_id}"  # stable across attempts: the receiver's deduplication key
     now = datetime.fromtimestamp(int(time.time()), UTC)  # wall clock: receivers compare it to theirs
-    body = json.dumps(
-        {"type": payload.event, "data": payload.data, "timestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ")},
-        separators=(",", ":"),
+    document = (
+        payload.data
+        if payload.body == "data"
+        else {"type": payload.event, "data": payload.data, "timestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ")}
     )
+    body = json.dumps(document, separators=(",", ":"))
     headers = httpx.Headers({"user-agent": USER_AGENT})
     headers.update(payload.headers)  # case-insensitive: a caller's User-Agent replaces ours
     headers["content-type"] = "application/json"

@@ -59,7 +59,8 @@ async def alerts_hook(jq: JobQueue, report: DrainReport) -> None:
                 {
                     "type": ALERT_JOB_TYPE,
                     "queue": ALERT_QUEUE,
-                    "payload": {"url": url, "event": ALERT_EVENT, "data": a},
+                    # body "data": Slack-compatible receivers read a top-level "text".
+                    "payload": {"url": url, "event": ALERT_EVENT, "data": a, "body": "data"},
                 }
                 for a in alerts
             ]

@@ -67,7 +67,13 @@ class JobQueue:
             timeout_s=settings.pg_timeout_s,
             statement_cache=settings.pg_statement_cache,
         )
-        return cls(store, transport_from_settings(settings), registry, settings, clock)
+        jq = cls(store, transport_from_settings(settings), registry, settings, clock)
+        from .alerts import alerts_hook
+        from .housekeeping import housekeeping_hook
+
+        # Retention and alerts ride on drains (neither costs anything on an idle one).
+        jq.drain_hooks += [housekeeping_hook, alerts_hook]
+        return jq
 
     @property
     def redis(self) -> RedisTransport:

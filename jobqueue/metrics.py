@@ -7,7 +7,9 @@ whatever the size of the jobs table.
   and the paused flags, from index-only scans of the partial indexes `jobs_active`, `jobs_dead` and
   `jobs_due`. Completed rows (the bulk of the table) are never read; totals of completed jobs are
   therefore not reported, only the windowed counts below.
-- Postgres `metrics_finished`: the jobs finished in the last day, through `jobs_finished`.
+- Postgres `metrics_finished`: the jobs finished in the last day, through `jobs_finished` (the
+  planner reads the day by a sequential scan instead when the day is a large part of the table,
+  e.g. a young deployment; the cost is then that of the table, which retention keeps small).
 
 Definitions (all times from `jq.clock`, so tests can move them):
 - windows are `finished_at` in (now - 1 h, now] and (now - 24 h, now]; "the last hour's jobs" are
@@ -23,6 +25,7 @@ Definitions (all times from `jq.clock`, so tests can move them):
 - success rate: completed / (completed + failed) in the window; None when nothing finished.
 - throughput: completed jobs per minute over the last hour, 60 buckets, oldest first; the last
   bucket is the (partial) current minute.
+- attempts: the last day's finished jobs per status by the attempts their (latest) run used.
 """
 
 from __future__ import annotations

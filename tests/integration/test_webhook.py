@@ -155,6 +155,14 @@ async def test_request_is_signed_and_verifies(respx_mock: respx.MockRouter, dns:
         Webhook(other).verify(req.content, dict(req.headers))
 
 
+async def test_body_data_posts_data_itself_signed(respx_mock: respx.MockRouter, dns: list[str]) -> None:
+    route = respx_mock.post(TARGET).mock(return_value=httpx.Response(200))
+    await run(event="jobqueue.alert", data={"text": "queue is on fire"}, body="data")
+    req = route.calls.last.request
+    assert Webhook(SECRET).verify(req.content, dict(req.headers)) == {"text": "queue is on fire"}
+    assert req.headers["webhook-id"] == "msg_42"
+
+
 async def test_default_user_agent_and_null_event(respx_mock: respx.MockRouter, dns: list[str]) -> None:
     route = respx_mock.post(TARGET).mock(return_value=httpx.Response(200))
     await run()

@@ -1,0 +1,94 @@
+"""`/api/metrics`: queue metrics as JSON (for the dashboard and scripts) and in the Prometheus text
+format (for a scraper). Both take the API token. The figures and their definitions are in
+jobqueue/metrics.py; each request costs one Redis request and two Postgres statements.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from fastapi import APIRouter, Depends, Response
+from pydantic import BaseModel, Field
+
+from ._auth import require_api_token
+from ._deps import JQ
+from ._errors import COMMON_ERRORS
+
+# The same string as jobqueue.metrics.PROMETHEUS_CONTENT_TYPE, spelled out so that importing the
+# API (every cold start) does not import prometheus_client; the routes import it when called.
+PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+router = APIRouter(
+    prefix="/api/metrics", tags=["metrics"], dependencies=[Depends(require_api_token)], responses=COMMON_ERRORS
+)
+
+
+class ExecutionStats(BaseModel):
+    count: int = Field(description="jobs with a measured run time")
+    mean: float | None
+    p50: float | None
+    p95: float | None
+
+
+class WaitStats(BaseModel):
+    count: int
+    mean: float | None
+    p95: float | None
+
+
+class LastHour(BaseModel):
+    completed: int
+    failed: int
+    success_rate: float | None = Field(description="completed / (completed + failed); null when none finished")
+    execution_ms: ExecutionStats = Field(description="run time of each job's latest attempt")
+    wait_ms: WaitStats = Field(description="enqueue to first start")
+    throughput_per_minute: list[int] = Field(description="completed jobs per minute, 60 values, oldest first")
+
+
+class LastDay(BaseModel):
+    completed: int
+    failed: int
+    success_rate: float | None
+    attempts: dict[str, dict[str, int]] = Field(
+        description='{"completed"|"failed": {attempts used: jobs}} for the jobs finished in the last day'
+    )
+
+
+class RedisIndex(BaseModel):
+    ready: int
+    delayed: int
+    processing: int
+
+
+class QueueMetrics(BaseModel):
+    paused: bool
+    jobs: dict[str, int] = Field(description="pending, scheduled, processing, failed, cancelled (Postgres)")
+    ready: dict[str, int] = Field(description="ready jobs per priority, 9 (first) to 0 (Redis)")
+    redis: RedisIndex = Field(description="what the Redis dispatch index holds")
+    oldest_pending_age_s: float = Field(description="how long the oldest due job has waited; 0 when none")
+    last_hour: LastHour = Field(description="jobs that finished in the last hour")
+    last_day: LastDay = Field(description="jobs that finished in the last 24 hours")
+
+
+class Metrics(BaseModel):
+    generated_at: datetime
+    queues: dict[str, QueueMetrics]
+
+
+@router.get("", summary="Queue metrics")
+async def metrics_json(jq: JQ) -> Metrics:
+    from jobqueue.metrics import collect
+
+    return Metrics.model_validate(await collect(jq))
+
+
+@router.get(
+    "/prometheus",
+    summary="Queue metrics in the Prometheus text format",
+    response_class=Response,
+    responses={200: {"content": {PROMETHEUS_CONTENT_TYPE: {}}, "description": "text exposition format 0.0.4"}},
+)
+async def metrics_prometheus(jq: JQ) -> Response:
+    from jobqueue.metrics import collect, prometheus_text
+
+    return Response(prometheus_text(await collect(jq)), media_type=PROMETHEUS_CONTENT_TYPE)
