@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from typing import Any
@@ -13,7 +14,7 @@ from pydantic import ValidationError
 
 from .broker import Broker
 from .clock import Clock
-from .errors import InvalidJob, InvalidState, JobNotFound, PayloadTooLarge, RedisUnavailable
+from .errors import ConfigurationError, InvalidJob, InvalidState, JobNotFound, PayloadTooLarge, RedisUnavailable
 from .keys import Keys
 from .models import STATUSES, JobRequest, JobView
 from .registry import Registry
@@ -31,7 +32,7 @@ def transport_from_settings(s: Settings) -> RedisTransport:
         return UpstashTransport(s.upstash_url, s.upstash_token, timeout_s=s.redis_timeout_s)
     if s.redis_url:
         return RedisPyTransport.from_url(s.redis_url, timeout_s=s.redis_timeout_s)
-    raise InvalidJob("no Redis configured: set UPSTASH_REDIS_REST_URL/TOKEN or REDIS_URL")
+    raise ConfigurationError("no Redis configured: set UPSTASH_REDIS_REST_URL/TOKEN or REDIS_URL")
 
 
 class JobQueue:
@@ -60,7 +61,7 @@ class JobQueue:
     @classmethod
     def from_settings(cls, settings: Settings, registry: Registry, clock: Clock | None = None) -> JobQueue:
         if not settings.database_url:
-            raise InvalidJob("DATABASE_URL is not set")
+            raise ConfigurationError("DATABASE_URL is not set")
         store = Store(
             settings.database_url,
             pool_max=settings.pg_pool_max,
@@ -95,7 +96,9 @@ class JobQueue:
             if index is None:
                 raise
             raise InvalidJob(f"jobs[{index}]: {e.message}", field=f"jobs.{index}.{e.field}", index=index) from e
-        payload = json.dumps(req.payload, separators=(",", ":"))
+        payload = _encode_payload(req.payload)
+        if req.idempotency_key is not None and "\x00" in req.idempotency_key:
+            raise InvalidJob("idempotency_key must not contain NUL characters", field="idempotency_key")
         if len(payload) > self.settings.max_payload_bytes:
             raise PayloadTooLarge(f"payload is {len(payload)} bytes; the limit is {self.settings.max_payload_bytes}")
         now = self.clock.now()
@@ -197,7 +200,7 @@ class JobQueue:
     # --- reads ------------------------------------------------------------------------------
 
     async def get(self, job_id: int) -> Row:
-        row = await self.store.fetchrow("get_job", job_id) if 0 < job_id < 2**63 else None
+        row = await self.store.fetchrow("get_job", _check_id(job_id))
         if row is None:
             raise JobNotFound(f"job {job_id} not found")
         return row
@@ -256,14 +259,14 @@ class JobQueue:
     # --- operator actions ---------------------------------------------------------------------
 
     async def cancel(self, job_id: int) -> Row:
-        row = await self.store.fetchrow("cancel", job_id, self.clock.now())
+        row = await self.store.fetchrow("cancel", _check_id(job_id), self.clock.now())
         if row is None:
             current = await self.get(job_id)
             raise InvalidState(f"job {job_id} is {current['status']}; only pending or scheduled jobs can be cancelled")
         return row
 
     async def retry(self, job_id: int) -> Row:
-        rows = await self._rerun([job_id])
+        rows = await self._rerun([_check_id(job_id)])
         if not rows:
             current = await self.get(job_id)
             raise InvalidState(f"job {job_id} is {current['status']}; only failed or cancelled jobs can be retried")
@@ -280,15 +283,16 @@ class JobQueue:
         if ids is not None:
             total = 0
             for i in range(0, len(ids), MAX_BATCH):
-                total += len(await self._rerun([int(x) for x in ids[i : i + MAX_BATCH]]))
+                chunk = [int(x) for x in ids[i : i + MAX_BATCH] if 0 < int(x) < 2**63]
+                total += len(await self._rerun(chunk)) if chunk else 0
             return total
         total, after = 0, 0
         while True:
-            chunk = await self.store.fetch("failed_ids_by_filter", queue, type, after, MAX_BATCH)
-            if not chunk:
+            rows = await self.store.fetch("failed_ids_by_filter", queue, type, after, MAX_BATCH)
+            if not rows:
                 return total
-            after = chunk[-1]["id"]
-            total += len(await self._rerun([r["id"] for r in chunk]))
+            after = rows[-1]["id"]
+            total += len(await self._rerun([r["id"] for r in rows]))
 
     async def purge(self, older_than_days: float) -> int:
         if older_than_days < 0:
@@ -318,6 +322,33 @@ class JobQueue:
         from .reconcile import FRESH_S, reconcile
 
         return await reconcile(self, full=full, fresh_s=FRESH_S if fresh_s is None else fresh_s)
+
+
+# A \u0000 escape that is not itself escaped (preceded by an even number of backslashes).
+_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def _encode_payload(payload: dict[str, Any]) -> str:
+    """The payload as compact JSON text, refusing what Postgres' jsonb cannot store (NUL
+    characters, lone surrogates) with a 422 instead of a failed insert."""
+    try:
+        text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidJob(
+            "payload contains a lone surrogate, which JSON in Postgres cannot store", field="payload"
+        ) from None
+    except (TypeError, ValueError) as e:
+        raise InvalidJob(f"payload is not JSON: {e}", field="payload") from None
+    if _NUL.search(text):
+        raise InvalidJob("payload contains a NUL character, which JSON in Postgres cannot store", field="payload")
+    return text
+
+
+def _check_id(job_id: int) -> int:
+    if not 0 < job_id < 2**63:
+        raise JobNotFound(f"job {job_id} not found")
+    return job_id
 
 
 def parse_request(data: Any) -> JobRequest:

@@ -1,5 +1,6 @@
-"""The job's shapes: the `Job` table model (agrees with schema.sql; a test checks), the enqueue
-request, the retry policy, and the public view that the API and the client share."""
+"""The job's shapes: the enqueue request, the retry policy, and the public view that the API and
+the client share. The SQLModel table model is in table.py, kept apart so that importing the API
+does not load SQLAlchemy (a quarter of a cold start)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,6 @@ from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from sqlalchemy import BigInteger, Column, Identity, SmallInteger, Text
-from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP
-from sqlmodel import Field as SQLField
-from sqlmodel import SQLModel
 
 Status = Literal["pending", "scheduled", "processing", "completed", "failed", "cancelled"]
 STATUSES: tuple[str, ...] = ("pending", "scheduled", "processing", "completed", "failed", "cancelled")
@@ -54,33 +51,6 @@ class JobRequest(BaseModel):
         if self.run_at is not None and self.run_at.tzinfo is None:
             raise ValueError("run_at must carry a timezone (ISO-8601 with Z or an offset)")
         return self
-
-
-class Job(SQLModel, table=True):
-    """The `jobs` table (schema.sql is canonical)."""
-
-    __tablename__ = "jobs"
-
-    id: int | None = SQLField(default=None, sa_column=Column(BigInteger, Identity(always=True), primary_key=True))
-    queue: str = SQLField(default="default", sa_column=Column(Text, nullable=False))
-    type: str = SQLField(sa_column=Column(Text, nullable=False))
-    payload: dict[str, Any] = SQLField(default_factory=dict, sa_column=Column(JSONB, nullable=False))
-    status: str = SQLField(default="pending", sa_column=Column(Text, nullable=False))
-    priority: int = SQLField(default=5, sa_column=Column(SmallInteger, nullable=False))
-    attempts: int = SQLField(default=0, nullable=False)
-    max_attempts: int = SQLField(default=3, nullable=False)
-    backoff: dict[str, Any] = SQLField(default_factory=dict, sa_column=Column(JSONB, nullable=False))
-    timeout_ms: int = SQLField(default=30000, nullable=False)
-    idempotency_key: str | None = SQLField(default=None, sa_column=Column(Text, nullable=True))
-    run_at: datetime = SQLField(sa_column=Column(TIMESTAMP(timezone=True), nullable=False))
-    lease_token: str | None = SQLField(default=None, sa_column=Column(Text, nullable=True))
-    lease_expires_at: datetime | None = SQLField(default=None, sa_column=Column(TIMESTAMP(timezone=True)))
-    result: Any | None = SQLField(default=None, sa_column=Column(JSONB, nullable=True))
-    error: str | None = SQLField(default=None, sa_column=Column(Text, nullable=True))
-    history: list[dict[str, Any]] = SQLField(default_factory=list, sa_column=Column(JSONB, nullable=False))
-    created_at: datetime = SQLField(sa_column=Column(TIMESTAMP(timezone=True), nullable=False))
-    started_at: datetime | None = SQLField(default=None, sa_column=Column(TIMESTAMP(timezone=True)))
-    finished_at: datetime | None = SQLField(default=None, sa_column=Column(TIMESTAMP(timezone=True)))
 
 
 class JobView(BaseModel):

@@ -111,3 +111,38 @@ async def test_unknown_type_and_bad_payload_store_nothing(make_jq: Any) -> None:
     assert e2.value.field.startswith("jobs.1")
     rows, _ = await jq.list_jobs()
     assert rows == []
+
+
+@pytest.mark.parametrize(
+    ("payload", "stored"),
+    [
+        ({"s": "a\u0000b"}, False),
+        ({"s": "lone \ud800 surrogate"}, False),
+        ({"s": "literal backslash-u0000: \\u0000"}, True),  # text, not a NUL
+        ({"s": "é ✓ 漢字"}, True),
+    ],
+)
+async def test_payloads_postgres_cannot_store_are_refused(make_jq: Any, payload: dict[str, Any], stored: bool) -> None:
+    jq: JobQueue = make_jq()
+    if stored:
+        row, _ = await jq.enqueue({"type": "echo", "payload": payload})
+        assert (await jq.get(row["id"]))["payload"] == payload
+    else:
+        with pytest.raises(InvalidJob) as e:
+            await jq.enqueue({"type": "echo", "payload": payload})
+        assert e.value.field == "payload"
+        assert (await jq.list_jobs())[0] == []
+
+
+async def test_out_of_range_ids_are_not_found(make_jq: Any) -> None:
+    from jobqueue.errors import JobNotFound
+
+    jq: JobQueue = make_jq()
+    for bad in (0, -1, 2**63, 2**70):
+        with pytest.raises(JobNotFound):
+            await jq.get(bad)
+        with pytest.raises(JobNotFound):
+            await jq.cancel(bad)
+        with pytest.raises(JobNotFound):
+            await jq.retry(bad)
+    assert await jq.replay([2**64, -5]) == 0

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncpg
 from sqlalchemy.dialects import postgresql
 
-from jobqueue.models import Job
 from jobqueue.store import Store
+from jobqueue.table import Job
 
 PG_TYPES = {
     "bigint": "BIGINT",

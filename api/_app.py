@@ -1,0 +1,73 @@
+"""`create_app()`: the FastAPI application over one JobQueue.
+
+Resources are lazy (see `_deps.Resources`): the engine is built by the first request that needs
+it and closed at lifespan shutdown. That suits both hosts: Vercel runs uvicorn with
+`lifespan="auto"` (startup once per instance, shutdown at exit), and Mangum runs startup and
+shutdown around every invocation, so a per-invocation engine is simply rebuilt on demand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
+
+from fastapi import FastAPI
+
+from jobqueue.settings import Settings
+
+from . import _dashboard, _routes_admin, _routes_jobs, _routes_metrics, _routes_workers
+from ._deps import Resources
+from ._errors import install_error_handlers
+from ._kick import qstash_kicker
+
+if TYPE_CHECKING:
+    from jobqueue.engine import JobQueue
+    from jobqueue.registry import Registry
+
+API_VERSION = "1.0"
+DESCRIPTION = """A durable job queue: Postgres is the truth, Redis dispatches, `/api/workers` drains.
+
+Authenticate with `Authorization: Bearer <JOBS_API_TOKEN>`; `/api/workers` takes the worker or
+cron secret, or a QStash signature; `/api/health` is open. Errors answer
+`{"error": {"code", "message", "field"?, "dependency"?}}`."""
+
+
+def create_app(
+    settings: Settings | None = None, *, jq: JobQueue | None = None, registry: Registry | None = None
+) -> FastAPI:
+    """Build the app. `jq`, when given, is used as is and left open (its owner closes it);
+    otherwise one is built from `settings` (default: the environment) on first use, with
+    `registry` or the one JOBQUEUE_REGISTRY names (default `handlers:default_registry`)."""
+    if settings is None:
+        settings = jq.settings if jq is not None else Settings()
+    res = Resources(settings, jq, registry)
+    res.kicker = qstash_kicker(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await res.close()
+
+    app = FastAPI(
+        title="jobqueue",
+        version=API_VERSION,
+        description=DESCRIPTION,
+        docs_url="/api/docs",
+        swagger_ui_oauth2_redirect_url="/api/docs/oauth2-redirect",
+        redoc_url=None,
+        openapi_url="/api/openapi.json",
+        lifespan=lifespan,
+    )
+    app.state.resources = res
+    install_error_handlers(app)
+    app.include_router(_routes_jobs.router)
+    app.include_router(_routes_workers.router)
+    app.include_router(_routes_admin.dlq)
+    app.include_router(_routes_admin.queues)
+    app.include_router(_routes_admin.health)
+    app.include_router(_routes_metrics.router)
+    app.include_router(_dashboard.router)
+    return app

@@ -1,0 +1,232 @@
+"""The dashboard's state-changing forms: log out, pause/resume a queue, cancel or retry a job, and
+the dead-letter queue's replay (selected jobs, or everything matching a filter) and purge.
+
+Every one is a POST that needs the session's CSRF token and a same-site origin (`CsrfDep`).
+The destructive ones (cancel, retry, replay, purge) take two steps: the first POST answers a
+confirmation page that says what will happen (how many jobs), and only its own POST, carrying
+`confirm=yes`, acts. A page rather than `onsubmit="return confirm(...)"`: it works without
+JavaScript, under a CSP that forbids inline script, and on a phone. After acting, each answers a
+303 to a page that shows a fixed notice chosen by `msg` (never text taken from the URL).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import TYPE_CHECKING, Annotated, Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Form, Path, Request, Response
+from fastapi.responses import RedirectResponse
+from pydantic import Field
+
+from ._dashboard_auth import COOKIE, COOKIE_PATH, CsrfDep
+from ._dashboard_render import DashboardRoute, render
+from ._deps import JQ, MAX_ID
+
+if TYPE_CHECKING:
+    from jobqueue.engine import JobQueue
+
+router = APIRouter(route_class=DashboardRoute)
+
+COUNT_CAP = 10_000  # counts shown on pages stop here ("10,000+"): a huge DLQ must not slow them
+SHOWN_IDS = 20  # a confirmation lists this many of the selected ids
+
+# Failed jobs matching an optional queue and type ($1, $2), and finished before $3 when given,
+# counted up to a cap ($4).
+FAILED_COUNT_SQL = """
+SELECT count(*)::bigint AS n FROM (
+    SELECT 1 FROM jobs
+    WHERE status = 'failed' AND ($1::text IS NULL OR queue = $1) AND ($2::text IS NULL OR type = $2)
+      AND ($3::timestamptz IS NULL OR finished_at < $3)
+    LIMIT $4
+) f
+"""
+
+NOTICES = {
+    "paused": "Queue {q} is paused: its jobs are kept and nothing is drained until you resume it.",
+    "resumed": "Queue {q} is draining again.",
+    "cancelled": "The job was cancelled.",
+    "retried": "The job is queued again with a fresh set of attempts.",
+    "replayed": "{n} job(s) queued again with a fresh set of attempts.",
+    "purged": "{n} dead-lettered job(s) deleted.",
+    "nothing": "Select at least one job first.",
+    "loggedout": "You are logged out.",
+}
+QUEUE_NAME = r"^[A-Za-z0-9_.-]{1,100}$"
+QueueName = Annotated[str, Path(min_length=1, max_length=100, pattern=QUEUE_NAME)]
+JobId = Annotated[int, Path(ge=1, le=MAX_ID)]
+Confirm = Annotated[str, Form(max_length=10)]
+FilterField = Annotated[str, Form(max_length=200)]
+
+
+def notice(request: Request) -> str | None:
+    """The message for `?msg=`; only its own parameters, validated, go into the fixed text."""
+    template = NOTICES.get(request.query_params.get("msg", ""))
+    if template is None:
+        return None
+    q = request.query_params.get("q", "")
+    n = request.query_params.get("n", "")
+    return template.format(q=q if re.fullmatch(QUEUE_NAME, q) else "?", n=n if n.isdigit() else "?")
+
+
+def done(path: str, msg: str, **params: Any) -> RedirectResponse:
+    return RedirectResponse(f"{path}?{urlencode({'msg': msg, **params})}", status_code=303)
+
+
+def confirm_page(request: Request, session: Any, *, title: str, body: str, button: str, **extra: Any) -> Response:
+    """The first step of a destructive action: the same form again, with confirm=yes."""
+    extra.setdefault("fields", [])
+    extra.setdefault("ids", [])
+    extra.setdefault("back", f"{COOKIE_PATH}/dlq")
+    extra.setdefault("danger", False)
+    return render(
+        request,
+        "confirm.html",
+        session=session,
+        title=title,
+        body=body,
+        button=button,
+        action=request.url.path,
+        **extra,
+    )
+
+
+async def failed_count(jq: JobQueue, queue: str | None, type: str | None, before_days: float | None = None) -> int:
+    before = None if before_days is None else jq.clock.now() - timedelta(days=before_days)
+    rows = await jq.store.fetch_sql(FAILED_COUNT_SQL, queue, type, before, COUNT_CAP + 1)
+    return int(rows[0]["n"])
+
+
+def count_text(n: int) -> str:
+    return f"{COUNT_CAP:,}+" if n > COUNT_CAP else f"{n:,}"
+
+
+# --- session and queues --------------------------------------------------------------------------
+
+
+@router.post("/logout")
+async def logout(session: CsrfDep) -> Response:
+    response = done(f"{COOKIE_PATH}/login", "loggedout")
+    response.delete_cookie(COOKIE, path=COOKIE_PATH, httponly=True, samesite="lax")
+    return response
+
+
+@router.post("/queues/{name}/pause")
+async def pause(name: QueueName, session: CsrfDep, jq: JQ) -> Response:
+    await jq.set_paused(name, True)  # reversible and loses nothing, so no confirmation step
+    return done(COOKIE_PATH, "paused", q=name)
+
+
+@router.post("/queues/{name}/resume")
+async def resume(name: QueueName, session: CsrfDep, jq: JQ) -> Response:
+    await jq.set_paused(name, False)
+    return done(COOKIE_PATH, "resumed", q=name)
+
+
+# --- one job -------------------------------------------------------------------------------------
+
+
+@router.post("/jobs/{job_id}/cancel")
+async def cancel(request: Request, job_id: JobId, session: CsrfDep, jq: JQ, confirm: Confirm = "") -> Response:
+    if confirm != "yes":
+        row = await jq.get(job_id)  # a 404 page for a job that is not there, before asking
+        return confirm_page(
+            request,
+            session,
+            title=f"Cancel job #{job_id}?",
+            body=f"The {row['type']} job will not run. You can retry it later from its page.",
+            button="Cancel job",
+            back=f"{COOKIE_PATH}/jobs/{job_id}",
+        )
+    await jq.cancel(job_id)  # a 409 page when it already started or finished
+    return done(f"{COOKIE_PATH}/jobs/{job_id}", "cancelled")
+
+
+@router.post("/jobs/{job_id}/retry")
+async def retry(request: Request, job_id: JobId, session: CsrfDep, jq: JQ, confirm: Confirm = "") -> Response:
+    if confirm != "yes":
+        row = await jq.get(job_id)
+        return confirm_page(
+            request,
+            session,
+            title=f"Retry job #{job_id}?",
+            body=f"The {row['type']} job runs again with a fresh set of {row['max_attempts']} attempt(s); "
+            "its history keeps the earlier ones.",
+            button="Retry job",
+            back=f"{COOKIE_PATH}/jobs/{job_id}",
+        )
+    await jq.retry(job_id)
+    return done(f"{COOKIE_PATH}/jobs/{job_id}", "retried")
+
+
+# --- dead-letter queue ---------------------------------------------------------------------------
+
+
+@router.post("/dlq/replay")
+async def replay_selected(
+    request: Request,
+    session: CsrfDep,
+    jq: JQ,
+    ids: Annotated[list[Annotated[int, Field(ge=1, le=MAX_ID)]] | None, Form(max_length=500)] = None,
+    confirm: Confirm = "",
+) -> Response:
+    ids = sorted(set(ids or []))
+    if not ids:
+        return done(f"{COOKIE_PATH}/dlq", "nothing")
+    if confirm != "yes":
+        shown = ", ".join(f"#{i}" for i in ids[:SHOWN_IDS]) + (" …" if len(ids) > SHOWN_IDS else "")
+        return confirm_page(
+            request,
+            session,
+            title=f"Replay {len(ids)} job(s)?",
+            body=f"They run again with a fresh set of attempts: {shown}.",
+            button=f"Replay {len(ids)} job(s)",
+            ids=ids,
+        )
+    n = await jq.replay(ids)
+    return done(f"{COOKIE_PATH}/dlq", "replayed", n=n)
+
+
+@router.post("/dlq/replay-matching")
+async def replay_matching(
+    request: Request, session: CsrfDep, jq: JQ, queue: FilterField = "", type: FilterField = "", confirm: Confirm = ""
+) -> Response:
+    q, t = queue.strip() or None, type.strip() or None
+    if confirm != "yes":
+        scope = " and ".join(p for p in (q and f"queue {q}", t and f"type {t}") if p) or "every queue and type"
+        n = await failed_count(jq, q, t)
+        return confirm_page(
+            request,
+            session,
+            title=f"Replay {count_text(n)} dead-lettered job(s)?",
+            body=f"Every failed job in {scope} runs again with a fresh set of attempts.",
+            button=f"Replay {count_text(n)} job(s)",
+            fields=[("queue", queue), ("type", type)],
+        )
+    n = await jq.replay(None, queue=q, type=t)
+    return done(f"{COOKIE_PATH}/dlq", "replayed", n=n)
+
+
+@router.post("/dlq/purge")
+async def purge(
+    request: Request,
+    session: CsrfDep,
+    jq: JQ,
+    older_than_days: Annotated[float, Form(ge=0, le=36_500)],
+    confirm: Confirm = "",
+) -> Response:
+    if confirm != "yes":
+        n = await failed_count(jq, None, None, older_than_days)
+        return confirm_page(
+            request,
+            session,
+            title=f"Delete {count_text(n)} dead-lettered job(s)?",
+            body=f"Failed jobs that finished more than {older_than_days:g} day(s) ago are deleted for good, "
+            "in every queue. This cannot be undone.",
+            button=f"Delete {count_text(n)} job(s)",
+            fields=[("older_than_days", f"{older_than_days:g}")],
+            danger=True,
+        )
+    n = await jq.purge(older_than_days)
+    return done(f"{COOKIE_PATH}/dlq", "purged", n=n)

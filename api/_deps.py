@@ -1,0 +1,257 @@
+"""Request plumbing shared by the routes: the lazily built engine, `Annotated` dependency aliases,
+bounded body reading, strict JSON, and the opaque list cursor.
+
+The engine is built on first use, not at import or startup: Vercel imports `api/index.py` on
+every cold start and Mangum runs lifespan on every invocation, so nothing that connects (or
+imports asyncpg and the Redis clients) may happen before a request needs it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+from fastapi import Depends, Query, Request
+from pydantic import AfterValidator, BaseModel, ValidationError
+
+from jobqueue.errors import PayloadTooLarge, Unavailable
+from jobqueue.models import Status
+from jobqueue.settings import Settings
+
+from ._errors import InvalidRequest
+
+if TYPE_CHECKING:
+    from jobqueue.engine import JobQueue
+    from jobqueue.registry import Registry
+
+Kicker = Callable[[], Awaitable[None]]
+
+MAX_ID = 2**63 - 1  # ids are Postgres bigints
+M = TypeVar("M", bound=BaseModel)
+
+
+class Resources:
+    """What the app holds across requests: settings, and the engine once something needs it."""
+
+    def __init__(self, settings: Settings, jq: JobQueue | None, registry: Registry | None) -> None:
+        self.settings = settings
+        self.registry = registry
+        self._jq = jq
+        self._owned = jq is None  # an engine handed in belongs to the caller, who closes it
+        self.kicker: Kicker | None = None
+
+    @property
+    def built(self) -> JobQueue | None:
+        return self._jq
+
+    def jq(self) -> JobQueue:
+        if self._jq is None:
+            # No await between the check and the assignment: concurrent requests cannot build two.
+            self._jq = self._build()
+        if self._jq.kicker is None and self.kicker is not None:
+            self._jq.kicker = self.kicker
+        return self._jq
+
+    def _build(self) -> JobQueue:
+        s = self.settings
+        # Checked here so a missing setting answers 503 naming the dependency, not a 500.
+        if not s.database_url:
+            raise Unavailable("postgres", "DATABASE_URL is not set")
+        if not (s.upstash_url and s.upstash_token) and not s.redis_url:
+            raise Unavailable("redis", "neither UPSTASH_REDIS_REST_URL/TOKEN nor REDIS_URL is set")
+        from jobqueue.cli import load_registry
+        from jobqueue.engine import JobQueue
+
+        registry = self.registry if self.registry is not None else load_registry(s.registry)
+        return JobQueue.from_settings(s, registry)
+
+    async def close(self) -> None:
+        """Close what this app built; the next request builds afresh (Mangum shuts down per call)."""
+        if self._owned and self._jq is not None:
+            jq, self._jq = self._jq, None
+            await jq.close()
+
+
+def resources(request: Request) -> Resources:
+    res: Resources = request.app.state.resources
+    return res
+
+
+def get_settings(request: Request) -> Settings:
+    return resources(request).settings
+
+
+def get_jq(request: Request) -> JobQueue:
+    return resources(request).jq()
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+if TYPE_CHECKING:
+    JQ = Annotated[JobQueue, Depends(get_jq)]
+else:
+    # FastAPI evaluates annotations at runtime; `Any` here keeps jobqueue.engine (asyncpg, httpx,
+    # the Redis clients) out of `import api.index`. mypy sees the real type above.
+    JQ = Annotated[Any, Depends(get_jq)]
+
+
+# --- bodies -----------------------------------------------------------------------------------
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw body, refused with 413 as soon as it is known to exceed `limit` bytes: first by
+    Content-Length (nothing read), then while streaming (a chunked or lying client)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body is {int(declared)} bytes; the limit is {limit}")
+    buf = bytearray()
+    async for chunk in request.stream():
+        buf += chunk
+        if len(buf) > limit:
+            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+    return bytes(buf)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _check_text(value: Any) -> None:
+    # Postgres jsonb refuses NUL characters and lone surrogates; catching them here keeps a bad
+    # payload a 422 instead of a failed INSERT.
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+        elif isinstance(v, str):
+            if "\x00" in v:
+                raise ValueError("strings may not contain NUL (\\u0000)")
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("strings may not contain unpaired surrogates") from None
+        elif isinstance(v, float) and not math.isfinite(v):
+            raise ValueError("numbers must be finite")
+
+
+def _storable(value: str) -> str:
+    _check_text(value)
+    return value
+
+
+# A string Postgres can take as a text parameter (no NUL, no lone surrogate): filters and names
+# that reach a query must be refused as a 422 rather than fail inside the driver.
+StorableStr = Annotated[str, AfterValidator(_storable)]
+QUEUE_PATTERN = r"^[A-Za-z0-9_.-]+$"  # as JobRequest.queue: no other queue can exist
+
+
+def parse_json(raw: bytes) -> Any:
+    """Strict JSON: malformed text, NaN/Infinity and text Postgres cannot store are a 422."""
+    try:
+        data = json.loads(raw, parse_constant=_no_constant)
+        _check_text(data)
+    except json.JSONDecodeError as e:
+        raise InvalidRequest(f"malformed JSON: {e.msg} (line {e.lineno}, column {e.colno})", field="body") from None
+    except (ValueError, RecursionError) as e:
+        # ValueError also covers undecodable bytes and integers past Python's digit limit.
+        raise InvalidRequest(f"malformed JSON: {e}", field="body") from None
+    return data
+
+
+def require_object(data: Any, what: str = "request body") -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise InvalidRequest(f"{what} must be a JSON object, got {type(data).__name__}", field="body")
+    return data
+
+
+def parse_model(model: type[M], data: Any) -> M:
+    """Validate a parsed body; the 422 names the first bad field (dotted) and why."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "body"
+        raise InvalidRequest(f"{field}: {first['msg']}", field=field) from None
+
+
+# --- OpenAPI for bodies the routes read themselves ---------------------------------------------
+
+
+def inline_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """Resolve pydantic's local `$defs` refs in place: in an OpenAPI document `#/$defs/...` would
+    point at the document root, not at this schema."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return walk(dict(defs[ref.removeprefix("#/$defs/")]))
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    result: dict[str, Any] = walk(schema)
+    return result
+
+
+def json_body(schema: dict[str, Any]) -> dict[str, Any]:
+    """`openapi_extra` documenting a required JSON body that FastAPI itself does not parse."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+# --- listing ----------------------------------------------------------------------------------
+
+
+def encode_cursor(last_id: int | None) -> str | None:
+    if last_id is None:
+        return None
+    return base64.urlsafe_b64encode(f"id:{last_id}".encode()).rstrip(b"=").decode()
+
+
+def decode_cursor(cursor: str | None) -> int | None:
+    """Opaque to clients (so the paging key can change); anything we did not issue is a 422."""
+    if cursor is None:
+        return None
+    n = -1
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+        tag, _, value = raw.partition(":")
+        if tag == "id" and value.isdigit():
+            n = int(value)
+    except (binascii.Error, ValueError):
+        pass
+    # The round trip rejects what the lenient decoder would accept (stray characters, padding).
+    if not 0 < n <= MAX_ID or encode_cursor(n) != cursor:
+        raise InvalidRequest("cursor is malformed or was not issued by this API", field="cursor")
+    return n
+
+
+@dataclass(frozen=True)
+class Page:
+    limit: int
+    cursor: int | None
+    queue: str | None
+    type: str | None
+
+
+def page_params(
+    queue: Annotated[str | None, Query(max_length=100, pattern=QUEUE_PATTERN, description="only this queue")] = None,
+    type: Annotated[StorableStr | None, Query(max_length=200, description="only this job type")] = None,
+    limit: Annotated[int, Query(ge=1, le=200, description="page size")] = 50,
+    cursor: Annotated[str | None, Query(max_length=100, description="`next_cursor` of the previous page")] = None,
+) -> Page:
+    return Page(limit=limit, cursor=decode_cursor(cursor), queue=queue, type=type)
+
+
+PageDep = Annotated[Page, Depends(page_params)]
+StatusFilter = Annotated[Status | None, Query(description="only jobs in this state")]

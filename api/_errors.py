@@ -1,0 +1,135 @@
+"""Errors at the HTTP boundary: every failure answers `{"error": {"code", "message", ...}}`.
+
+The engine raises one hierarchy (`JobQueueError`, each class with its `status_code`); this module
+is the only place that turns it into HTTP, so routes never catch anything. FastAPI's own
+request validation and Starlette's 404/405 are reshaped the same way, so a client parses one
+error format. Nothing here echoes a secret, a DSN or a traceback: a 503 names the dependency
+only (the detail goes to the log), and an unexpected error answers a fixed message.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from jobqueue.errors import InvalidJob, JobQueueError, Unauthorized, Unavailable
+
+log = logging.getLogger("jobqueue.api")
+
+# Parameter sources FastAPI puts first in a validation error's `loc`; the field is what follows.
+_SOURCES = frozenset({"body", "query", "path", "header", "cookie"})
+_HTTP_CODES = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+
+
+class InvalidRequest(InvalidJob):
+    """The request is invalid."""
+
+    # A 422 about the request itself (malformed JSON, a bad parameter or cursor, a bad operator
+    # body), as opposed to the engine's `invalid_job` about the job it describes.
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    field: str | None = None
+    dependency: str | None = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    described = {
+        401: "Missing or wrong credentials",
+        404: "No such job",
+        409: "The job's state does not allow this",
+        413: "The request body is too large",
+        422: "Validation failed; `field` names the offending field",
+        503: "Postgres or Redis is unreachable; `dependency` says which",
+    }
+    return {c: {"model": ErrorBody, "description": described[c]} for c in codes}
+
+
+# The errors every authenticated route can answer (documented so clients and schemathesis know them).
+COMMON_ERRORS = _responses(401, 422, 503)
+NOT_FOUND = _responses(404)
+CONFLICT = _responses(404, 409)
+TOO_LARGE = _responses(413)
+
+
+def error_code(exc: JobQueueError) -> str:
+    """`InvalidJob` -> `invalid_job`; every `Unavailable` is `unavailable` (with `dependency`)."""
+    if isinstance(exc, Unavailable):
+        return "unavailable"
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", type(exc).__name__).lower()
+
+
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None, **extra: str | None
+) -> JSONResponse:
+    detail: dict[str, Any] = {"code": code, "message": message}
+    detail.update({k: v for k, v in extra.items() if v is not None})
+    return JSONResponse({"error": detail}, status_code=status, headers=headers)
+
+
+async def _jobqueue_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, JobQueueError)
+    status = exc.status_code
+    if isinstance(exc, Unavailable):
+        # The engine's message can carry hosts and driver text: log it, answer only the name.
+        log.warning("%s %s: %s unavailable: %s", request.method, request.url.path, exc.dependency, exc.message)
+        return error_response(503, "unavailable", f"{exc.dependency} is unavailable", dependency=exc.dependency)
+    if status >= 500:
+        log.error("%s %s: %s: %s", request.method, request.url.path, type(exc).__name__, exc.message)
+        return error_response(status, error_code(exc), "internal error")
+    headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
+    field = exc.details.get("field") or None
+    return error_response(status, error_code(exc), exc.message, headers, field=field)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    first: dict[str, Any] = dict(errors[0]) if errors else {"loc": (), "msg": "invalid request"}
+    if first.get("type") == "json_invalid":
+        # FastAPI puts the parser's offset where the field would be; the field is the body.
+        ctx = first.get("ctx")
+        reason = ctx.get("error", "JSON decode error") if isinstance(ctx, dict) else "JSON decode error"
+        return error_response(422, "invalid_request", f"malformed JSON: {reason}", field="body")
+    loc = [str(p) for p in first.get("loc", ())]
+    if loc and loc[0] in _SOURCES:
+        loc = loc[1:]
+    field = ".".join(loc) or "body"
+    return error_response(422, "invalid_request", f"{field}: {first.get('msg', 'invalid')}", field=field)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400:
+        # FastAPI's "There was an error parsing the body" (bytes that are not JSON text): the
+        # contract answers malformed bodies with 422, as the enqueue routes do.
+        message = f"malformed JSON: {exc.detail}" if isinstance(exc.detail, str) else "malformed JSON"
+        return error_response(422, "invalid_request", message, field="body")
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
+    return error_response(exc.status_code, code, message, dict(exc.headers or {}))
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    # Starlette re-raises after this answers, so the traceback still reaches the server log.
+    return error_response(500, "internal_error", "internal error")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(JobQueueError, _jobqueue_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,89 @@
+"""Kicks: make a drain happen soon instead of at the next cron tick.
+
+The engine awaits `jq.kicker` when an enqueue wins the debounce in Redis (`JobQueue._dispatch`).
+In production the kicker publishes an empty message to QStash, which POSTs it, signed, to
+`/api/workers`. The same kicker continues a drain that ran out of budget with work left
+(`continue_drain`), so a backlog is worked off back to back rather than once per cron tick.
+`make dev` installs its own kicker (`install_kicker`) that wakes an in-process tick instead.
+
+A kick is only an optimisation: cron (or a QStash schedule) still drains, so every failure here
+is logged and swallowed, and the HTTP call has a short timeout so an enqueue never waits long.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from ._deps import Kicker, Resources
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from jobqueue.engine import JobQueue
+    from jobqueue.settings import Settings
+
+log = logging.getLogger("jobqueue.api.kick")
+
+QSTASH_DEFAULT_URL = "https://qstash.upstash.io"
+PUBLISH_TIMEOUT_S = 3.0
+
+
+class QStashKicker:
+    """Publishes one message to QStash targeting `{JOBQUEUE_PUBLIC_URL}/api/workers`."""
+
+    def __init__(self, token: str, target_url: str, base_url: str | None = None) -> None:
+        self._token = token
+        self.target_url = target_url
+        self.publish_url = f"{(base_url or QSTASH_DEFAULT_URL).rstrip('/')}/v2/publish/{target_url}"
+
+    async def __call__(self) -> None:
+        import httpx  # only an enqueue that wins the debounce pays for the import
+
+        try:
+            # A client per kick: kicks are debounced (at most one per JOBQUEUE_KICK_INTERVAL_MS), and
+            # a fresh client is never bound to an event loop that Mangum or a test has closed.
+            async with httpx.AsyncClient(timeout=PUBLISH_TIMEOUT_S) as client:
+                resp = await client.post(self.publish_url, headers={"Authorization": f"Bearer {self._token}"})
+        except httpx.HTTPError as e:
+            log.warning("kick: QStash publish failed: %s", type(e).__name__)
+            return
+        if resp.status_code >= 300:
+            # The body may echo the request; the status is enough to act on.
+            log.warning("kick: QStash publish answered HTTP %s", resp.status_code)
+
+
+def qstash_kicker(settings: Settings) -> Kicker | None:
+    """The production kicker, when QStash is configured; None otherwise (cron alone drains)."""
+    if not settings.qstash_token:
+        return None
+    if not settings.public_url:
+        log.warning("QSTASH_TOKEN is set but JOBQUEUE_PUBLIC_URL is not: QStash kicks are off")
+        return None
+    target = f"{settings.public_url.rstrip('/')}/api/workers"
+    return QStashKicker(settings.qstash_token, target, settings.qstash_url)
+
+
+def install_kicker(app: FastAPI, kicker: Kicker | None) -> None:
+    """Replace the app's kicker (None turns kicks off), including on an engine already built."""
+    res: Resources = app.state.resources
+    res.kicker = kicker
+    if res.built is not None:
+        res.built.kicker = kicker
+
+
+async def continue_drain(jq: JobQueue) -> bool:
+    """After a drain that left work behind, kick the next one. Shares the enqueue debounce key,
+    so however many drains finish with `more`, at most one continuation per interval is sent:
+    the number of concurrent drains stays bounded. Returns whether a kick was sent."""
+    if jq.kicker is None:
+        return False
+    try:
+        won = await jq.redis.command("SET", jq.keys.kick, "1", "NX", "PX", max(1, jq.settings.kick_interval_ms))
+        if not won:
+            return False
+        await jq.kicker()
+    except Exception as e:  # the drain already succeeded; its answer must not turn into an error
+        log.warning("kick: continuing the drain failed: %s", e)
+        return False
+    return True

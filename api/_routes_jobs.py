@@ -1,0 +1,138 @@
+"""`/api/jobs`: enqueue (one or a batch), read, list, cancel, retry. Validation and state rules
+live in the engine; these routes only move bytes and shapes.
+
+The enqueue routes read the raw body themselves: the size limit must hold before anything is
+parsed (a 10 MB body must not be decoded to learn it is too big), and malformed JSON must answer
+a 422 in our error shape with the parser's reason. Their OpenAPI body is declared by hand for the
+same reason (FastAPI would otherwise parse it first).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Request, Response
+from pydantic import BaseModel, Field
+
+from jobqueue.errors import InvalidJob
+from jobqueue.models import JobRequest, JobView
+from jobqueue.settings import Settings
+
+from ._auth import require_api_token
+from ._deps import (
+    JQ,
+    MAX_ID,
+    PageDep,
+    SettingsDep,
+    StatusFilter,
+    encode_cursor,
+    inline_schema,
+    json_body,
+    parse_json,
+    read_body,
+    require_object,
+)
+from ._errors import COMMON_ERRORS, CONFLICT, NOT_FOUND, TOO_LARGE, InvalidRequest
+
+MAX_BATCH = 1000  # DESIGN.md section 5; the engine enforces the same bound
+# Vercel refuses request bodies over 4.5 MB before the function runs; a batch may use all of it.
+PLATFORM_BODY_LIMIT = 4_500_000
+
+router = APIRouter(
+    prefix="/api/jobs", tags=["jobs"], dependencies=[Depends(require_api_token)], responses=COMMON_ERRORS
+)
+
+JobId = Annotated[int, Path(ge=1, le=MAX_ID, description="the job's id")]
+
+
+class JobList(BaseModel):
+    jobs: list[JobView]
+    next_cursor: str | None = Field(description="pass as `cursor` for the next (older) page; null at the end")
+
+
+class JobBatch(BaseModel):
+    jobs: list[JobView]
+
+
+JOB_REQUEST_SCHEMA = inline_schema(JobRequest.model_json_schema())
+BATCH_SCHEMA = {
+    "type": "object",
+    "properties": {"jobs": {"type": "array", "items": JOB_REQUEST_SCHEMA, "maxItems": MAX_BATCH}},
+    "required": ["jobs"],
+    "additionalProperties": False,
+}
+
+
+SEEN_KEY: dict[int | str, dict[str, Any]] = {
+    200: {"model": JobView, "description": "The idempotency key was already used in this queue: that job"}
+}
+
+
+def batch_body_limit(settings: Settings) -> int:
+    """A batch may carry up to MAX_BATCH full-size payloads, within what the platform delivers;
+    each payload is still held to max_payload_bytes by the engine."""
+    return max(settings.max_payload_bytes, min(settings.max_payload_bytes * MAX_BATCH, PLATFORM_BODY_LIMIT))
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=JobView,
+    summary="Enqueue a job",
+    responses=SEEN_KEY | TOO_LARGE,
+    openapi_extra=json_body(JOB_REQUEST_SCHEMA),
+)
+async def enqueue(request: Request, response: Response, jq: JQ, settings: SettingsDep) -> JobView:
+    data = require_object(parse_json(await read_body(request, settings.max_payload_bytes)))
+    row, created = await jq.enqueue(data)
+    if not created:
+        response.status_code = 200
+    return JobView.from_row(row)
+
+
+@router.post(
+    "/batch",
+    status_code=201,
+    response_model=JobBatch,
+    summary="Enqueue up to 1000 jobs, all or nothing",
+    responses=TOO_LARGE,
+    openapi_extra=json_body(BATCH_SCHEMA),
+)
+async def enqueue_batch(request: Request, jq: JQ, settings: SettingsDep) -> JobBatch:
+    data = require_object(parse_json(await read_body(request, batch_body_limit(settings))))
+    unknown = sorted(set(data) - {"jobs"})
+    if unknown:
+        raise InvalidRequest(f'unknown field {unknown[0]!r}; the body is {{"jobs": [...]}}', field=unknown[0])
+    jobs = data.get("jobs")
+    if not isinstance(jobs, list):
+        raise InvalidRequest("jobs must be a list of job objects", field="jobs")
+    for i, job in enumerate(jobs[: MAX_BATCH + 1]):
+        if not isinstance(job, dict):
+            raise InvalidJob(f"jobs[{i}] must be a JSON object, got {type(job).__name__}", field=f"jobs.{i}")
+    results = await jq.enqueue_many(jobs)
+    return JobBatch(jobs=[JobView.from_row(row) for row, _ in results])
+
+
+@router.get("", response_model=JobList, summary="List jobs, newest first")
+async def list_jobs(jq: JQ, page: PageDep, status: StatusFilter = None) -> JobList:
+    rows, last = await jq.list_jobs(
+        status=status, queue=page.queue, type=page.type, limit=page.limit, cursor=page.cursor
+    )
+    return JobList(jobs=[JobView.from_row(r) for r in rows], next_cursor=encode_cursor(last))
+
+
+@router.get("/{job_id}", response_model=JobView, summary="Get a job", responses=NOT_FOUND)
+async def get_job(job_id: JobId, jq: JQ) -> JobView:
+    return JobView.from_row(await jq.get(job_id))
+
+
+@router.post(
+    "/{job_id}/cancel", response_model=JobView, summary="Cancel a pending or scheduled job", responses=CONFLICT
+)
+async def cancel_job(job_id: JobId, jq: JQ) -> JobView:
+    return JobView.from_row(await jq.cancel(job_id))
+
+
+@router.post("/{job_id}/retry", response_model=JobView, summary="Re-run a failed or cancelled job", responses=CONFLICT)
+async def retry_job(job_id: JobId, jq: JQ) -> JobView:
+    return JobView.from_row(await jq.retry(job_id))
