@@ -3,13 +3,13 @@ drain.py and `reconcile` in reconcile.py, both reached from here."""
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 from pydantic import ValidationError
 
 from .broker import Broker
@@ -108,14 +108,16 @@ class JobQueue:
             run_at = max(req.run_at, now)
         else:
             run_at = now
+        backoff = req.backoff or jt.backoff
         return {
             "queue": req.queue or jt.queue,
             "type": req.type,
-            "payload": payload,
+            "payload": req.payload,
+            "payload_json": payload,
             "status": "scheduled" if run_at > now else "pending",
             "priority": req.priority,
             "max_attempts": req.max_attempts or jt.max_attempts,
-            "backoff": (req.backoff or jt.backoff).model_dump_json(),
+            "backoff": backoff.model_dump(),
             "timeout_ms": req.timeout_ms or jt.timeout_ms,
             "idempotency_key": req.idempotency_key,
             "run_at": run_at,
@@ -135,42 +137,54 @@ class JobQueue:
         return await self._enqueue_prepared(prepared) if prepared else []
 
     async def _enqueue_prepared(self, jobs: list[dict[str, Any]]) -> list[tuple[Row, bool]]:
-        cols = [
-            "queue",
-            "type",
-            "payload",
-            "status",
-            "priority",
-            "max_attempts",
-            "backoff",
-            "timeout_ms",
-            "idempotency_key",
-            "run_at",
-            "created_at",
-        ]
-        inserted = await self.store.fetch("insert_jobs", *[[j[c] for j in jobs] for c in cols])
-        inserted.sort(key=lambda r: r["id"])
-        by_key = {(r["queue"], r["idempotency_key"]): r for r in inserted if r["idempotency_key"]}
-        unkeyed = iter(r for r in inserted if not r["idempotency_key"])
+        # One JSON document for the whole batch: asyncpg encodes one text parameter instead of
+        # eleven arrays, and Postgres parses it in C. The payloads are embedded as already encoded.
+        doc = orjson.dumps(
+            [
+                {
+                    "n": i,
+                    "queue": j["queue"],
+                    "type": j["type"],
+                    "status": j["status"],
+                    "priority": j["priority"],
+                    "max_attempts": j["max_attempts"],
+                    "backoff": j["backoff"],
+                    "timeout_ms": j["timeout_ms"],
+                    "idempotency_key": j["idempotency_key"],
+                    "payload": orjson.Fragment(j["payload_json"]),
+                    "run_at_us": _us(j["run_at"]),
+                    "created_us": _us(j["created_at"]),
+                }
+                for i, j in enumerate(jobs)
+            ]
+        ).decode()
+        returned = sorted(await self.store.fetch("insert_jobs", doc), key=lambda r: r["id"])
+        # Identity values follow the insert order, so the unkeyed ids match the unkeyed jobs in
+        # order; keyed jobs match by key (the first job with a key wins within a batch).
+        unkeyed = iter(r["id"] for r in returned if not r["idempotency_key"])
+        key_ids = {(r["queue"], r["idempotency_key"]): r["id"] for r in returned if r["idempotency_key"]}
+        # Rows are rebuilt from what was sent rather than returned by Postgres: decoding
+        # RETURNING * was the largest cost of a bulk enqueue after the insert itself.
+        inserted: list[Row] = []
         out: list[tuple[Row, bool] | None] = []
         missing: list[tuple[str, str]] = []
-        seen: set[tuple[str, str]] = set()
         for j in jobs:
-            key = j["idempotency_key"]
+            key = (j["queue"], j["idempotency_key"]) if j["idempotency_key"] else None
             if key is None:
-                out.append((next(unkeyed), True))
-            elif (j["queue"], key) in by_key and (j["queue"], key) not in seen:
-                seen.add((j["queue"], key))
-                out.append((by_key[(j["queue"], key)], True))
+                row = _new_row(j, next(unkeyed))
+            elif key in key_ids:
+                row = _new_row(j, key_ids.pop(key))
             else:
-                missing.append((j["queue"], key))
+                missing.append(key)
                 out.append(None)
+                continue
+            inserted.append(row)
+            out.append((row, True))
         if missing:
             # The key existed (or repeated within the batch): answer the job that holds it. ON
             # CONFLICT waited for any concurrent inserter to commit, so the row is visible now.
             existing = await self.store.fetch("jobs_by_keys", [q for q, _ in missing], [k for _, k in missing])
             found = {(r["queue"], r["idempotency_key"]): r for r in existing}
-            found.update(by_key)
             for i, j in enumerate(jobs):
                 if out[i] is None:
                     out[i] = (found[(j["queue"], j["idempotency_key"])], False)
@@ -325,24 +339,54 @@ class JobQueue:
 
 
 # A \u0000 escape that is not itself escaped (preceded by an even number of backslashes).
-_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 
 
-def _encode_payload(payload: dict[str, Any]) -> str:
-    """The payload as compact JSON text, refusing what Postgres' jsonb cannot store (NUL
-    characters, lone surrogates) with a 422 instead of a failed insert."""
+def _encode_payload(payload: dict[str, Any]) -> bytes:
+    """The payload as compact JSON, refusing what Postgres' jsonb cannot store (NUL characters,
+    lone surrogates) with a 422 instead of a failed insert."""
     try:
-        text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidJob(
-            "payload contains a lone surrogate, which JSON in Postgres cannot store", field="payload"
-        ) from None
-    except (TypeError, ValueError) as e:
-        raise InvalidJob(f"payload is not JSON: {e}", field="payload") from None
+        text = orjson.dumps(payload, option=orjson.OPT_NON_STR_KEYS)
+    except orjson.JSONEncodeError as e:
+        raise InvalidJob(f"payload cannot be stored as JSON: {e}", field="payload") from None
     if _NUL.search(text):
-        raise InvalidJob("payload contains a NUL character, which JSON in Postgres cannot store", field="payload")
+        raise InvalidJob("payload contains a NUL character, which Postgres cannot store", field="payload")
     return text
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _us(dt: datetime) -> int:
+    """Microseconds since the epoch, exactly (a float timestamp can be 1 us off)."""
+    d = dt - _EPOCH
+    return (d.days * 86_400 + d.seconds) * 1_000_000 + d.microseconds
+
+
+def _new_row(j: dict[str, Any], job_id: int) -> Row:
+    """The row Postgres now holds for a job just inserted (what RETURNING * would have said)."""
+    return {
+        "id": job_id,
+        "queue": j["queue"],
+        "type": j["type"],
+        "status": j["status"],
+        "priority": j["priority"],
+        "max_attempts": j["max_attempts"],
+        "backoff": j["backoff"],
+        "timeout_ms": j["timeout_ms"],
+        "idempotency_key": j["idempotency_key"],
+        "payload": j["payload"],
+        "attempts": 0,
+        "run_at": j["run_at"],
+        "lease_token": None,
+        "lease_expires_at": None,
+        "result": None,
+        "error": None,
+        "history": [],
+        "created_at": j["created_at"],
+        "started_at": None,
+        "finished_at": None,
+    }
 
 
 def _check_id(job_id: int) -> int:

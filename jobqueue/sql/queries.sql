@@ -2,17 +2,20 @@
 -- Times are parameters, never now(): the engine injects its clock so tests can move time.
 
 -- name: insert_jobs
--- Insert many jobs in one statement; a repeated (queue, idempotency_key) inserts nothing.
+-- Insert many jobs in one statement from one JSON array ($1, text), in array order ("n"); a
+-- repeated (queue, idempotency_key) inserts nothing. Times are microseconds since the epoch.
 INSERT INTO jobs (queue, type, payload, status, priority, max_attempts, backoff, timeout_ms,
                   idempotency_key, run_at, created_at)
-SELECT queue, type, payload::jsonb, status, priority, max_attempts, backoff::jsonb, timeout_ms,
-       idempotency_key, run_at, created_at
-FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::smallint[], $6::int[],
-            $7::text[], $8::int[], $9::text[], $10::timestamptz[], $11::timestamptz[])
-    AS i(queue, type, payload, status, priority, max_attempts, backoff, timeout_ms,
-         idempotency_key, run_at, created_at)
+SELECT x.queue, x.type, x.payload, x.status, x.priority, x.max_attempts, x.backoff, x.timeout_ms,
+       x.idempotency_key,
+       'epoch'::timestamptz + x.run_at_us * interval '1 microsecond',
+       'epoch'::timestamptz + x.created_us * interval '1 microsecond'
+FROM jsonb_to_recordset($1::text::jsonb)
+    AS x(n int, queue text, type text, payload jsonb, status text, priority smallint, max_attempts int,
+         backoff jsonb, timeout_ms int, idempotency_key text, run_at_us bigint, created_us bigint)
+ORDER BY x.n
 ON CONFLICT (queue, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-RETURNING *;
+RETURNING id, queue, idempotency_key;
 
 -- name: jobs_by_keys
 -- The existing jobs for (queue, idempotency_key) pairs, for enqueues that hit a known key.
