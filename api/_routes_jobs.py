@@ -68,6 +68,13 @@ SEEN_KEY: dict[int | str, dict[str, Any]] = {
 }
 
 
+def json_response(body: str, status_code: int) -> Response:
+    """The enqueue routes serialise their (already validated) models once, in pydantic's core;
+    returning the model would make FastAPI validate and serialise it again through
+    `response_model`, which stays on the route for the OpenAPI schema only."""
+    return Response(content=body, status_code=status_code, media_type="application/json")
+
+
 def batch_body_limit(settings: Settings) -> int:
     """A batch may carry up to MAX_BATCH full-size payloads, within what the platform delivers;
     each payload is still held to max_payload_bytes by the engine."""
@@ -82,12 +89,10 @@ def batch_body_limit(settings: Settings) -> int:
     responses=SEEN_KEY | TOO_LARGE,
     openapi_extra=json_body(JOB_REQUEST_SCHEMA),
 )
-async def enqueue(request: Request, response: Response, jq: JQ, settings: SettingsDep) -> JobView:
+async def enqueue(request: Request, jq: JQ, settings: SettingsDep) -> Response:
     data = require_object(parse_json(await read_body(request, settings.max_payload_bytes)))
     row, created = await jq.enqueue(data)
-    if not created:
-        response.status_code = 200
-    return JobView.from_row(row)
+    return json_response(JobView.from_row(row).model_dump_json(), 201 if created else 200)
 
 
 @router.post(
@@ -98,7 +103,7 @@ async def enqueue(request: Request, response: Response, jq: JQ, settings: Settin
     responses=TOO_LARGE,
     openapi_extra=json_body(BATCH_SCHEMA),
 )
-async def enqueue_batch(request: Request, jq: JQ, settings: SettingsDep) -> JobBatch:
+async def enqueue_batch(request: Request, jq: JQ, settings: SettingsDep) -> Response:
     data = require_object(parse_json(await read_body(request, batch_body_limit(settings))))
     unknown = sorted(set(data) - {"jobs"})
     if unknown:
@@ -110,7 +115,7 @@ async def enqueue_batch(request: Request, jq: JQ, settings: SettingsDep) -> JobB
         if not isinstance(job, dict):
             raise InvalidJob(f"jobs[{i}] must be a JSON object, got {type(job).__name__}", field=f"jobs.{i}")
     results = await jq.enqueue_many(jobs)
-    return JobBatch(jobs=[JobView.from_row(row) for row, _ in results])
+    return json_response(JobBatch(jobs=[JobView.from_row(row) for row, _ in results]).model_dump_json(), 201)
 
 
 @router.get("", response_model=JobList, summary="List jobs, newest first")

@@ -2,7 +2,21 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from .errors import PermanentError, RetryAfter
-from .registry import Blueprint, JobContext, Registry
+
+if TYPE_CHECKING:
+    from .registry import Blueprint, JobContext, Registry
 
 __all__ = ["Blueprint", "JobContext", "PermanentError", "Registry", "RetryAfter"]
+
+
+def __getattr__(name: str) -> Any:
+    # The registry imports pydantic (~100 ms); app code that only uses the HTTP client should
+    # not pay for it on a cold start.
+    if name in ("Blueprint", "JobContext", "Registry"):
+        from . import registry
+
+        return getattr(registry, name)
+    raise AttributeError(f"module 'jobqueue' has no attribute {name!r}")

@@ -59,7 +59,9 @@ class JobQueue:
         self.drain_hooks: list[Callable[[JobQueue, Any], Awaitable[None]]] = []
 
     @classmethod
-    def from_settings(cls, settings: Settings, registry: Registry, clock: Clock | None = None) -> JobQueue:
+    def from_settings(
+        cls, settings: Settings, registry: Registry, clock: Clock | None = None, redis: RedisTransport | None = None
+    ) -> JobQueue:
         if not settings.database_url:
             raise ConfigurationError("DATABASE_URL is not set")
         store = Store(
@@ -68,7 +70,7 @@ class JobQueue:
             timeout_s=settings.pg_timeout_s,
             statement_cache=settings.pg_statement_cache,
         )
-        jq = cls(store, transport_from_settings(settings), registry, settings, clock)
+        jq = cls(store, redis or transport_from_settings(settings), registry, settings, clock)
         from .alerts import alerts_hook
         from .housekeeping import housekeeping_hook
 

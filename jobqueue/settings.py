@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -30,6 +30,10 @@ class Settings(BaseSettings):
     )
     qstash_next_signing_key: str | None = Field(default=None, validation_alias="QSTASH_NEXT_SIGNING_KEY", repr=False)
     public_url: str | None = Field(default=None, validation_alias="JOBQUEUE_PUBLIC_URL")
+    # Set by Vercel on every deployment, without a scheme; used when JOBQUEUE_PUBLIC_URL is unset.
+    vercel_env: str | None = Field(default=None, validation_alias="VERCEL_ENV")
+    vercel_production_host: str | None = Field(default=None, validation_alias="VERCEL_PROJECT_PRODUCTION_URL")
+    vercel_host: str | None = Field(default=None, validation_alias="VERCEL_URL")
 
     registry: str = Field(default="handlers:default_registry", validation_alias="JOBQUEUE_REGISTRY")
     prefix: str = Field(default="jq", validation_alias="JOBQUEUE_PREFIX", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
@@ -62,6 +66,18 @@ class Settings(BaseSettings):
     alert_dlq_threshold: int = Field(default=100, ge=1, validation_alias="ALERT_DLQ_THRESHOLD")
     alert_max_wait_s: int = Field(default=600, ge=1, validation_alias="ALERT_MAX_WAIT_S")
     alert_interval_s: int = Field(default=900, ge=1, validation_alias="ALERT_INTERVAL_S")
+
+    @model_validator(mode="after")
+    def _public_url_from_vercel(self) -> Settings:
+        """On Vercel, default the public URL to the production domain in production and to the
+        deployment's own URL elsewhere (a preview's kicks must reach that preview). An explicit
+        JOBQUEUE_PUBLIC_URL always wins: QStash schedules aimed at a custom domain need it."""
+        if not self.public_url:
+            host = self.vercel_production_host if self.vercel_env == "production" else None
+            host = host or self.vercel_host
+            if host:
+                self.public_url = "https://" + host.removeprefix("https://").rstrip("/")
+        return self
 
     @property
     def budget_s(self) -> float:
