@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 from fastapi import Depends, Query, Request
-from pydantic import AfterValidator, BaseModel, ValidationError
+from pydantic import AfterValidator, BaseModel
 
 from jobqueue.errors import PayloadTooLarge, Unavailable
 from jobqueue.models import Status
@@ -174,12 +174,9 @@ def require_object(data: Any, what: str = "request body") -> dict[str, Any]:
 
 def parse_model(model: type[M], data: Any) -> M:
     """Validate a parsed body; the 422 names the first bad field (dotted) and why."""
-    try:
-        return model.model_validate(data)
-    except ValidationError as e:
-        first = e.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or "body"
-        raise InvalidRequest(f"{field}: {first['msg']}", field=field) from None
+    from jobqueue.engine import parse_model as validate
+
+    return validate(model, data, InvalidRequest)
 
 
 # --- OpenAPI for bodies the routes read themselves ---------------------------------------------

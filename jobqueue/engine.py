@@ -7,10 +7,10 @@ import logging
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from .broker import Broker
 from .clock import Clock
@@ -111,17 +111,22 @@ class JobQueue:
         else:
             run_at = now
         backoff = req.backoff or jt.backoff
-        return {
+        # The columns both the INSERT document and the locally rebuilt row carry.
+        columns = {
             "queue": req.queue or jt.queue,
             "type": req.type,
-            "payload": req.payload,
-            "payload_json": payload,
             "status": "scheduled" if run_at > now else "pending",
             "priority": req.priority,
             "max_attempts": req.max_attempts or jt.max_attempts,
             "backoff": backoff.model_dump(),
             "timeout_ms": req.timeout_ms or jt.timeout_ms,
             "idempotency_key": req.idempotency_key,
+        }
+        return {
+            **columns,
+            "columns": columns,
+            "payload": req.payload,
+            "payload_json": payload,
             "run_at": run_at,
             "created_at": now,
         }
@@ -145,14 +150,7 @@ class JobQueue:
             [
                 {
                     "n": i,
-                    "queue": j["queue"],
-                    "type": j["type"],
-                    "status": j["status"],
-                    "priority": j["priority"],
-                    "max_attempts": j["max_attempts"],
-                    "backoff": j["backoff"],
-                    "timeout_ms": j["timeout_ms"],
-                    "idempotency_key": j["idempotency_key"],
+                    **j["columns"],
                     "payload": orjson.Fragment(j["payload_json"]),
                     "run_at_us": _us(j["run_at"]),
                     "created_us": _us(j["created_at"]),
@@ -369,14 +367,7 @@ def _new_row(j: dict[str, Any], job_id: int) -> Row:
     """The row Postgres now holds for a job just inserted (what RETURNING * would have said)."""
     return {
         "id": job_id,
-        "queue": j["queue"],
-        "type": j["type"],
-        "status": j["status"],
-        "priority": j["priority"],
-        "max_attempts": j["max_attempts"],
-        "backoff": j["backoff"],
-        "timeout_ms": j["timeout_ms"],
-        "idempotency_key": j["idempotency_key"],
+        **j["columns"],
         "payload": j["payload"],
         "attempts": 0,
         "run_at": j["run_at"],
@@ -397,14 +388,22 @@ def _check_id(job_id: int) -> int:
     return job_id
 
 
-def parse_request(data: Any) -> JobRequest:
-    """Validate an untrusted enqueue request; the error names the first bad field and why."""
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_model(model: type[M], data: Any, error: type[InvalidJob] = InvalidJob) -> M:
+    """Validate untrusted data; the error (a 422) names the first bad field, dotted, and why."""
     try:
-        return JobRequest.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as e:
         first = e.errors()[0]
         loc = ".".join(str(p) for p in first["loc"]) or "body"
-        raise InvalidJob(f"{loc}: {first['msg']}", field=loc) from None
+        raise error(f"{loc}: {first['msg']}", field=loc) from None
+
+
+def parse_request(data: Any) -> JobRequest:
+    """Validate an untrusted enqueue request."""
+    return parse_model(JobRequest, data)
 
 
 def view(row: Row) -> dict[str, Any]:
