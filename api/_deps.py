@@ -174,7 +174,7 @@ def require_object(data: Any, what: str = "request body") -> dict[str, Any]:
 
 def parse_model(model: type[M], data: Any) -> M:
     """Validate a parsed body; the 422 names the first bad field (dotted) and why."""
-    from jobqueue.engine import parse_model as validate
+    from jobqueue.validation import parse_model as validate
 
     return validate(model, data, InvalidRequest)
 

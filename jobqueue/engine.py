@@ -4,13 +4,11 @@ drain.py and `reconcile` in reconcile.py, both reached from here."""
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
-from pydantic import BaseModel, ValidationError
 
 from .broker import Broker
 from .clock import Clock
@@ -21,6 +19,7 @@ from .registry import Registry
 from .settings import Settings
 from .store import Row, Store
 from .transports import RedisPyTransport, RedisTransport, UpstashTransport
+from .validation import check_id, encode_payload, parse_request
 
 log = logging.getLogger("jobqueue")
 
@@ -98,7 +97,7 @@ class JobQueue:
             if index is None:
                 raise
             raise InvalidJob(f"jobs[{index}]: {e.message}", field=f"jobs.{index}.{e.field}", index=index) from e
-        payload = _encode_payload(req.payload)
+        payload = encode_payload(req.payload)
         if req.idempotency_key is not None and "\x00" in req.idempotency_key:
             raise InvalidJob("idempotency_key must not contain NUL characters", field="idempotency_key")
         if len(payload) > self.settings.max_payload_bytes:
@@ -214,7 +213,7 @@ class JobQueue:
     # --- reads ------------------------------------------------------------------------------
 
     async def get(self, job_id: int) -> Row:
-        row = await self.store.fetchrow("get_job", _check_id(job_id))
+        row = await self.store.fetchrow("get_job", check_id(job_id))
         if row is None:
             raise JobNotFound(f"job {job_id} not found")
         return row
@@ -273,14 +272,14 @@ class JobQueue:
     # --- operator actions ---------------------------------------------------------------------
 
     async def cancel(self, job_id: int) -> Row:
-        row = await self.store.fetchrow("cancel", _check_id(job_id), self.clock.now())
+        row = await self.store.fetchrow("cancel", check_id(job_id), self.clock.now())
         if row is None:
             current = await self.get(job_id)
             raise InvalidState(f"job {job_id} is {current['status']}; only pending or scheduled jobs can be cancelled")
         return row
 
     async def retry(self, job_id: int) -> Row:
-        rows = await self._rerun([_check_id(job_id)])
+        rows = await self._rerun([check_id(job_id)])
         if not rows:
             current = await self.get(job_id)
             raise InvalidState(f"job {job_id} is {current['status']}; only failed or cancelled jobs can be retried")
@@ -338,22 +337,6 @@ class JobQueue:
         return await reconcile(self, full=full, fresh_s=FRESH_S if fresh_s is None else fresh_s)
 
 
-# A \u0000 escape that is not itself escaped (preceded by an even number of backslashes).
-_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
-
-
-def _encode_payload(payload: dict[str, Any]) -> bytes:
-    """The payload as compact JSON, refusing what Postgres' jsonb cannot store (NUL characters,
-    lone surrogates) with a 422 instead of a failed insert."""
-    try:
-        text = orjson.dumps(payload, option=orjson.OPT_NON_STR_KEYS)
-    except orjson.JSONEncodeError as e:
-        raise InvalidJob(f"payload cannot be stored as JSON: {e}", field="payload") from None
-    if _NUL.search(text):
-        raise InvalidJob("payload contains a NUL character, which Postgres cannot store", field="payload")
-    return text
-
-
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -380,30 +363,6 @@ def _new_row(j: dict[str, Any], job_id: int) -> Row:
         "started_at": None,
         "finished_at": None,
     }
-
-
-def _check_id(job_id: int) -> int:
-    if not 0 < job_id < 2**63:
-        raise JobNotFound(f"job {job_id} not found")
-    return job_id
-
-
-M = TypeVar("M", bound=BaseModel)
-
-
-def parse_model(model: type[M], data: Any, error: type[InvalidJob] = InvalidJob) -> M:
-    """Validate untrusted data; the error (a 422) names the first bad field, dotted, and why."""
-    try:
-        return model.model_validate(data)
-    except ValidationError as e:
-        first = e.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"]) or "body"
-        raise error(f"{loc}: {first['msg']}", field=loc) from None
-
-
-def parse_request(data: Any) -> JobRequest:
-    """Validate an untrusted enqueue request."""
-    return parse_model(JobRequest, data)
 
 
 def view(row: Row) -> dict[str, Any]:

@@ -1,0 +1,52 @@
+"""Checks on untrusted input that the engine and the API share: a 422 that names the field and
+says why, before anything is written."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, TypeVar
+
+import orjson
+from pydantic import BaseModel, ValidationError
+
+from .errors import InvalidJob, JobNotFound
+from .models import JobRequest
+
+# A \u0000 escape that is not itself escaped (preceded by an even number of backslashes).
+_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def encode_payload(payload: dict[str, Any]) -> bytes:
+    """The payload as compact JSON, refusing what Postgres' jsonb cannot store (NUL characters,
+    lone surrogates) with a 422 instead of a failed insert."""
+    try:
+        text = orjson.dumps(payload, option=orjson.OPT_NON_STR_KEYS)
+    except orjson.JSONEncodeError as e:
+        raise InvalidJob(f"payload cannot be stored as JSON: {e}", field="payload") from None
+    if _NUL.search(text):
+        raise InvalidJob("payload contains a NUL character, which Postgres cannot store", field="payload")
+    return text
+
+
+def check_id(job_id: int) -> int:
+    if not 0 < job_id < 2**63:
+        raise JobNotFound(f"job {job_id} not found")
+    return job_id
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_model(model: type[M], data: Any, error: type[InvalidJob] = InvalidJob) -> M:
+    """Validate untrusted data; the error (a 422) names the first bad field, dotted, and why."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"]) or "body"
+        raise error(f"{loc}: {first['msg']}", field=loc) from None
+
+
+def parse_request(data: Any) -> JobRequest:
+    """Validate an untrusted enqueue request."""
+    return parse_model(JobRequest, data)
