@@ -146,3 +146,18 @@ async def test_out_of_range_ids_are_not_found(make_jq: Any) -> None:
         with pytest.raises(JobNotFound):
             await jq.retry(bad)
     assert await jq.replay([2**64, -5]) == 0
+
+
+async def test_a_handler_enqueues_follow_up_jobs(make_jq: Any, registry: Registry) -> None:
+    @registry.job("parent")
+    async def parent(payload: dict[str, Any], ctx: JobContext) -> int:
+        child, created = await ctx.enqueue({"type": "echo", "payload": {"from": ctx.job_id}, "priority": 9})
+        assert created
+        return int(child["id"])
+
+    jq: JobQueue = make_jq(reg=registry)
+    row, _ = await jq.enqueue({"type": "parent", "payload": {}})
+    await jq.drain(5)
+    child_id = (await jq.get(row["id"]))["result"]
+    child = await jq.get(child_id)
+    assert child["status"] == "completed" and child["result"] == {"from": row["id"]}
