@@ -39,3 +39,8 @@ def to_ms(dt: datetime) -> int:
 
 def from_ms(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+def iso(dt: datetime) -> str:
+    """ISO-8601 in UTC with a Z, as the API renders times (for times written into JSON by SQL)."""
+    return dt.astimezone(UTC).isoformat().replace("+00:00", "Z")

@@ -20,13 +20,15 @@ from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+import asyncpg
 import orjson
 
 from .broker import Ack, Claimed
-from .clock import to_ms
+from .clock import iso, to_ms
 from .errors import JobQueueError, PermanentError, PostgresUnavailable, RetryAfter
 from .registry import JobContext
-from .retry import backoff_delay_ms
+from .retry import MAX_DELAY_MS, backoff_delay_ms
+from .validation import NUL_ESCAPE
 
 if TYPE_CHECKING:
     from .engine import JobQueue
@@ -89,7 +91,15 @@ async def drain(
         jq.needs_reconcile = False
         run.report.reconciled += (await jq.reconcile(full=False, fresh_s=0))["restored"]
 
-    await run.lane(first=True)
+    try:
+        await run.lane(first=True)
+    except BaseException:
+        # The other lanes must not run on after this drain has failed (their jobs are left
+        # leased, as after a crash, and come back when the leases expire).
+        for lane in run.lanes:
+            lane.cancel()
+        await asyncio.gather(*run.lanes, return_exceptions=True)
+        raise
     if run.lanes:
         await asyncio.gather(*run.lanes)
     report = run.report
@@ -150,21 +160,25 @@ class _Drain:
             lease_deadline_ms = now_ms + int(left * 1000) + s.lease_grace_ms
             try:
                 claimed = await jq.broker.claim(
-                    sorted(jq.queues), limit, now_ms, lease_deadline_ms, token, s.reconcile_interval_s * 1000
+                    jq.queue_order(), limit, now_ms, lease_deadline_ms, token, s.reconcile_interval_s * 1000
                 )
             finally:
                 self._give_back(limit)
             self._give_back(-len(claimed.members))
             restored = 0
+            known_before = len(jq.queues)
             if claimed.epoch_missing or claimed.reconcile_due:
                 # Redis lost its data (no epoch marker), or the periodic check is due.
-                restored = (await jq.reconcile(full=claimed.epoch_missing))["restored"]
+                result = await jq.reconcile(full=claimed.epoch_missing)
+                if claimed.epoch_missing and result["skipped"]:
+                    # Another drain holds the lock and is rebuilding the index: leave the work
+                    # to it rather than spin on claims that take nothing until it is done.
+                    return
+                restored = result["restored"]
                 report.reconciled += restored
-            unknown = set(claimed.known_queues) - jq.queues
-            if unknown:
-                jq.queues |= unknown
+            jq.queues |= set(claimed.known_queues)  # reconcile may have found some too
             if not claimed.members:
-                if unknown or claimed.epoch_missing or restored:
+                if len(jq.queues) > known_before or claimed.epoch_missing or restored:
                     continue  # new queues, a rebuilt index or restored jobs: look again at once
                 return
             if first and not self.lanes and len(claimed.members) >= limit:
@@ -190,21 +204,18 @@ async def _run_batch(
     now = jq.clock.now()
     ack = Ack(jq.keys)
     ids = list(claimed.members)
-    try:
-        rows = await jq.store.fetch(
-            "claim",
-            ids,
-            now,
-            token,
-            now + timedelta(seconds=max(0.0, deadline - asyncio.get_running_loop().time())),
-            s.lease_grace_ms,
-        )
-    except PostgresUnavailable:
-        # Nothing was granted: give the members back at once instead of waiting out the lease.
-        for queue, member in claimed.members.values():
-            ack.release(queue, member, token, _priority(member))
-        await jq.broker.ack(ack)
-        raise
+    # Postgres failing here leaves the Redis leases alone: whether the grant committed is unknown
+    # (a lost reply), and either way the lease entries bring the jobs back when they expire, while
+    # giving the members back at once would strand a job whose grant did commit.
+    rows = await jq.store.fetch(
+        "claim",
+        ids,
+        now,
+        token,
+        now + timedelta(seconds=max(0.0, deadline - asyncio.get_running_loop().time())),
+        s.lease_grace_ms,
+        iso(now),
+    )
     granted: set[int] = set()
     to_run: list[dict[str, Any]] = []
     for r in rows:
@@ -235,19 +246,7 @@ async def _run_batch(
     outcomes = list(await asyncio.gather(*(_run_one(jq, r, sem, deadline, stop) for r in to_run)))
 
     if outcomes:
-        fin = jq.clock.now()
-        written = await jq.store.fetch(
-            "finish",
-            [o.row["id"] for o in outcomes],
-            [o.status for o in outcomes],
-            [o.result for o in outcomes],
-            [o.error for o in outcomes],
-            [o.run_at for o in outcomes],
-            [o.outcome for o in outcomes],
-            [o.duration_ms for o in outcomes],
-            token,
-            fin,
-        )
+        written = await _record(jq, outcomes, token)
         holders = {r["id"] for r in written}
         for o in outcomes:
             jid = o.row["id"]
@@ -268,8 +267,45 @@ async def _run_batch(
     await jq.broker.ack(ack)
 
 
-def _priority(member: str) -> int:
-    return 999999 - int(member[:6])
+async def _record(jq: JobQueue, outcomes: list[Outcome], token: str) -> list[dict[str, Any]]:
+    """Write every outcome in one statement. Should Postgres refuse a value in it (text it cannot
+    store slipped past the checks in _run_one), write them one by one instead, so one poisoned
+    outcome fails its own job rather than the batch (whose jobs would all run again)."""
+    fin = jq.clock.now()
+
+    async def write(batch: list[Outcome]) -> list[dict[str, Any]]:
+        return await jq.store.fetch(
+            "finish",
+            [o.row["id"] for o in batch],
+            [o.status for o in batch],
+            [o.result for o in batch],
+            [o.error for o in batch],
+            [o.run_at for o in batch],
+            [o.outcome for o in batch],
+            [o.duration_ms for o in batch],
+            token,
+            fin,
+            iso(fin),
+        )
+
+    try:
+        return await write(outcomes)
+    except PostgresUnavailable:
+        raise
+    except asyncpg.PostgresError as e:
+        log.error("recording a batch's outcomes failed (%s); recording them one by one", type(e).__name__)
+    written: list[dict[str, Any]] = []
+    for o in outcomes:
+        try:
+            written += await write([o])
+        except PostgresUnavailable:
+            raise
+        except asyncpg.PostgresError as e:
+            failed = _failed(o.row, f"the outcome could not be stored: {type(e).__name__}")
+            failed.duration_ms = o.duration_ms
+            written += await write([failed])
+            o.outcome, o.status, o.error, o.result, o.run_at = "failed", "failed", failed.error, None, None
+    return written
 
 
 async def _run_one(
@@ -300,9 +336,12 @@ async def _run_one(
             async with asyncio.timeout(timeout_s):
                 result = await jt.handler(payload, ctx)
             try:
-                encoded = orjson.dumps(result, option=orjson.OPT_NON_STR_KEYS).decode()
+                raw = orjson.dumps(result, option=orjson.OPT_NON_STR_KEYS)
             except (TypeError, ValueError) as e:
                 raise PermanentError(f"the handler's result is not JSON-serialisable: {e}") from e
+            if NUL_ESCAPE.search(raw):
+                raise PermanentError("the handler's result contains a NUL character, which Postgres cannot store")
+            encoded = raw.decode()
             out = Outcome(row, "completed", "completed", result=encoded)
         except PermanentError as e:
             out = _failed(row, f"PermanentError: {e}")
@@ -320,8 +359,14 @@ async def _run_one(
         return out
 
 
+def _clean(text: str) -> str:
+    """Error text Postgres can store: no NUL, no lone surrogates (exception messages are
+    arbitrary: they may quote the bytes that broke a parser)."""
+    return text.replace("\x00", "\\x00").encode("utf-8", "replace").decode("utf-8")[:MAX_ERROR_CHARS]
+
+
 def _failed(row: dict[str, Any], error: str) -> Outcome:
-    return Outcome(row, "failed", "failed", error=error[:MAX_ERROR_CHARS])
+    return Outcome(row, "failed", "failed", error=_clean(error))
 
 
 def _retry_or_fail(jq: JobQueue, row: dict[str, Any], error: str, delay_ms: int | None) -> Outcome:
@@ -330,7 +375,10 @@ def _retry_or_fail(jq: JobQueue, row: dict[str, Any], error: str, delay_ms: int 
     if delay_ms is None:
         # The claim returns the policy as text: only a retry pays for parsing it.
         delay_ms = backoff_delay_ms(orjson.loads(row["backoff"]), row["attempts"])
-    return Outcome(row, "retried", "scheduled", error=error, run_at=jq.clock.now() + timedelta(milliseconds=delay_ms))
+    delay_ms = min(delay_ms, MAX_DELAY_MS)
+    return Outcome(
+        row, "retried", "scheduled", error=_clean(error), run_at=jq.clock.now() + timedelta(milliseconds=delay_ms)
+    )
 
 
 def _log_outcome(row: dict[str, Any], outcome: str, error: str | None, duration_ms: int) -> None:

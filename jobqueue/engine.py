@@ -3,6 +3,7 @@ drain.py and `reconcile` in reconcile.py, both reached from here."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -10,8 +11,8 @@ from typing import Any
 
 import orjson
 
-from .broker import Broker
-from .clock import Clock
+from .broker import Broker, job_member
+from .clock import Clock, iso
 from .errors import ConfigurationError, InvalidJob, InvalidState, JobNotFound, PayloadTooLarge, RedisUnavailable
 from .keys import Keys
 from .models import STATUSES, JobRequest, JobView
@@ -52,6 +53,7 @@ class JobQueue:
         self.queues: set[str] = set(registry.queues)  # grows as the claim script reports more
         # Set when a push failed after its insert: the next drain in this process reconciles.
         self.needs_reconcile = False
+        self._rotation = 0
         # Called (awaited) when an enqueue wins the kick debounce; see api/_kick.py.
         self.kicker: Callable[[], Awaitable[None]] | None = None
         # Awaited after every drain with (engine, report): housekeeping, alerts. See drain.py.
@@ -76,6 +78,14 @@ class JobQueue:
         # Retention and alerts ride on drains (neither costs anything on an idle one).
         jq.drain_hooks += [housekeeping_hook, alerts_hook]
         return jq
+
+    def queue_order(self) -> list[str]:
+        """The queues for the next claim, starting one further along each time: the claim fills
+        its batch from the first queues it visits, so a fixed order would let one busy queue
+        starve every queue after it."""
+        queues = sorted(self.queues)
+        self._rotation = (self._rotation + 1) % max(1, len(queues))
+        return queues[self._rotation :] + queues[: self._rotation]
 
     @property
     def redis(self) -> RedisTransport:
@@ -142,7 +152,7 @@ class JobQueue:
         prepared = [self._prepare(r, i) for i, r in enumerate(reqs)]
         return await self._enqueue_prepared(prepared) if prepared else []
 
-    async def _enqueue_prepared(self, jobs: list[dict[str, Any]]) -> list[tuple[Row, bool]]:
+    async def _enqueue_prepared(self, jobs: list[dict[str, Any]], *, again: bool = True) -> list[tuple[Row, bool]]:
         # One JSON document for the whole batch: asyncpg encodes one text parameter instead of
         # eleven arrays, and Postgres parses it in C. The payloads are embedded as already encoded.
         doc = orjson.dumps(
@@ -183,10 +193,18 @@ class JobQueue:
             # The key existed (or repeated within the batch): answer the job that holds it. ON
             # CONFLICT waited for any concurrent inserter to commit, so the row is visible now.
             existing = await self.store.fetch("jobs_by_keys", [q for q, _ in missing], [k for _, k in missing])
-            found = {(r["queue"], r["idempotency_key"]): r for r in existing}
+            found = {(r["queue"], r["idempotency_key"]): (r, False) for r in existing}
+            vanished = [j for i, j in enumerate(jobs) if out[i] is None and _key(j) not in found]
+            if vanished and again:
+                # The job holding the key was deleted (retention, purge) between our INSERT and
+                # this read: the key is free again, so insert once more.
+                for j, got in zip(vanished, await self._enqueue_prepared(vanished, again=False), strict=True):
+                    found[_key(j)] = got
             for i, j in enumerate(jobs):
                 if out[i] is None:
-                    out[i] = (found[(j["queue"], j["idempotency_key"])], False)
+                    if _key(j) not in found:
+                        raise InvalidState(f"idempotency key {j['idempotency_key']!r} is held by a job being deleted")
+                    out[i] = found[_key(j)]
         if inserted:
             await self._dispatch(inserted)
         return [o for o in out if o is not None]
@@ -276,6 +294,10 @@ class JobQueue:
         if row is None:
             current = await self.get(job_id)
             raise InvalidState(f"job {job_id} is {current['status']}; only pending or scheduled jobs can be cancelled")
+        # A cancelled id left in Redis is dropped when popped; a delayed one would sit in its
+        # sorted set until its due time, so remove it now (best effort: the claim still drops it).
+        with contextlib.suppress(RedisUnavailable):
+            await self.redis.command("ZREM", self.keys.delayed(row["queue"]), job_member(row))
         return row
 
     async def retry(self, job_id: int) -> Row:
@@ -286,7 +308,8 @@ class JobQueue:
         return rows[0]
 
     async def _rerun(self, ids: list[int]) -> list[Row]:
-        rows = await self.store.fetch("rerun", ids, self.clock.now())
+        now = self.clock.now()
+        rows = await self.store.fetch("rerun", ids, now, iso(now))
         if rows:
             await self._dispatch(rows)
         return rows
@@ -338,6 +361,10 @@ class JobQueue:
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _key(j: dict[str, Any]) -> tuple[str, str]:
+    return (j["queue"], j["idempotency_key"])
 
 
 def _us(dt: datetime) -> int:

@@ -4,7 +4,7 @@ does not load SQLAlchemy (a quarter of a cold start)."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -14,6 +14,7 @@ STATUSES: tuple[str, ...] = ("pending", "scheduled", "processing", "completed", 
 TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 
 MAX_TIMEOUT_MS = 15 * 60 * 1000  # Vercel's longest function is 800 s; Lambda's 900 s
+MAX_DELAY_DAYS = 365  # how far ahead delay_ms / run_at may schedule a job
 
 
 class Backoff(BaseModel):
@@ -37,7 +38,7 @@ class JobRequest(BaseModel):
     payload: dict[str, Any] = Field(default_factory=dict)
     queue: str | None = Field(default=None, min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")
     priority: int = Field(default=5, ge=0, le=9)
-    delay_ms: int | None = Field(default=None, ge=0, le=365 * 24 * 3600 * 1000)
+    delay_ms: int | None = Field(default=None, ge=0, le=MAX_DELAY_DAYS * 24 * 3600 * 1000)
     run_at: datetime | None = None
     max_attempts: int | None = Field(default=None, ge=1, le=100)
     backoff: Backoff | None = None
@@ -50,6 +51,8 @@ class JobRequest(BaseModel):
             raise ValueError("give delay_ms or run_at, not both")
         if self.run_at is not None and self.run_at.tzinfo is None:
             raise ValueError("run_at must carry a timezone (ISO-8601 with Z or an offset)")
+        if self.run_at is not None and self.run_at > datetime.now(UTC) + timedelta(days=MAX_DELAY_DAYS):
+            raise ValueError(f"run_at must be within {MAX_DELAY_DAYS} days")
         return self
 
 

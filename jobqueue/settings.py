@@ -42,7 +42,9 @@ class Settings(BaseSettings):
     # Batch loops one drain runs side by side once a claim comes back full (see drain.py).
     drain_lanes: int = Field(default=2, ge=1, le=8, validation_alias="JOBQUEUE_DRAIN_LANES")
     lease_grace_ms: int = Field(default=5000, ge=0, validation_alias="JOBQUEUE_LEASE_GRACE_MS")
-    reconcile_interval_s: int = Field(default=300, ge=0, validation_alias="JOBQUEUE_RECONCILE_INTERVAL_S")
+    # Not switchable off: it is what indexes a job whose push failed in a process that then
+    # went away (a flushed Redis is caught by the epoch marker whatever this says).
+    reconcile_interval_s: int = Field(default=300, ge=10, validation_alias="JOBQUEUE_RECONCILE_INTERVAL_S")
     # The function's maxDuration (vercel.json) and the margin kept free for the response.
     max_duration_s: float = Field(default=60, gt=0, validation_alias="JOBQUEUE_MAX_DURATION_S")
     budget_margin_s: float = Field(default=5, ge=0, validation_alias="JOBQUEUE_BUDGET_MARGIN_S")

@@ -13,7 +13,7 @@ from .errors import InvalidJob, JobNotFound
 from .models import JobRequest
 
 # A \u0000 escape that is not itself escaped (preceded by an even number of backslashes).
-_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 
 
 def encode_payload(payload: dict[str, Any]) -> bytes:
@@ -23,7 +23,7 @@ def encode_payload(payload: dict[str, Any]) -> bytes:
         text = orjson.dumps(payload, option=orjson.OPT_NON_STR_KEYS)
     except orjson.JSONEncodeError as e:
         raise InvalidJob(f"payload cannot be stored as JSON: {e}", field="payload") from None
-    if _NUL.search(text):
+    if NUL_ESCAPE.search(text):
         raise InvalidJob("payload contains a NUL character, which Postgres cannot store", field="payload")
     return text
 

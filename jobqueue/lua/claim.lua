@@ -49,7 +49,7 @@ local nqueues = #ARGV - 5
 for i = 0, nqueues - 1 do
   local queue = ARGV[6 + i]
   local base = 5 + 12 * i
-  if not paused[queue] and limit > 0 then
+  if not paused[queue] then
     local delayed, processing = KEYS[base], KEYS[base + 1]
     -- Promote due delayed members: they have waited, so they go to the popping end (RPUSH).
     local due = redis.call("ZRANGEBYSCORE", delayed, "-inf", now, "LIMIT", 0, 1000)
@@ -65,9 +65,13 @@ for i = 0, nqueues - 1 do
         redis.call("RPUSH", KEYS[base + 2 + (9 - p)], unpack(ms))
       end
     end
-    -- Recover expired leases: the worker that held them is gone or late.
+    -- Recover expired leases: the worker that held them is gone or late. (Promotion above runs
+    -- whatever the limit, so due jobs reach their lists even while other queues fill the batch.)
     local recovered = {}
-    local expired = redis.call("ZRANGEBYSCORE", processing, "-inf", now, "LIMIT", 0, limit)
+    local expired = {}
+    if limit > 0 then
+      expired = redis.call("ZRANGEBYSCORE", processing, "-inf", now, "LIMIT", 0, limit)
+    end
     if #expired > 0 then
       redis.call("ZREM", processing, unpack(expired))
       for _, m in ipairs(expired) do

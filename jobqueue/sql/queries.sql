@@ -30,6 +30,10 @@ SELECT * FROM jobs WHERE id = $1;
 -- Grant the claims for popped ids: count the attempt and set the lease; fail rows whose lease
 -- expired on their last attempt; report scheduled rows that are not due. Ids not returned are
 -- dropped from Redis (gone, cancelled, finished, or leased by a live worker).
+-- $2 now, $3 lease token, $4 the drain's deadline, $5 grace ms, $6 now as ISO-8601 UTC text.
+-- The lease runs to the drain's deadline plus grace, not to each job's own timeout: outcomes are
+-- written for the whole batch at once, after the slowest job (or a job that waited for a
+-- concurrency slot) ends, and every job's run is capped by that deadline.
 WITH cand AS (
     SELECT id, status, attempts, max_attempts, run_at
     FROM jobs
@@ -43,7 +47,7 @@ dead AS (
         status = 'failed', finished_at = $2, lease_token = NULL, lease_expires_at = NULL,
         error = 'lease expired: the worker running attempt ' || j.attempts || ' stopped before it finished',
         history = jsonb_set(j.history, ARRAY[(jsonb_array_length(j.history) - 1)::text],
-                            (j.history -> -1) || jsonb_build_object('ended_at', $2, 'outcome', 'lost',
+                            (j.history -> -1) || jsonb_build_object('ended_at', $6::text, 'outcome', 'lost',
                                                                    'error', 'lease expired'))
     FROM cand c
     WHERE j.id = c.id AND c.status = 'processing' AND c.attempts >= c.max_attempts
@@ -54,15 +58,14 @@ run AS (
         status = 'processing',
         attempts = j.attempts + 1,
         lease_token = $3::text,
-        lease_expires_at = LEAST($2::timestamptz + make_interval(secs => j.timeout_ms / 1000.0), $4::timestamptz)
-                           + make_interval(secs => $5::int / 1000.0),
+        lease_expires_at = $4::timestamptz + make_interval(secs => $5::int / 1000.0),
         started_at = COALESCE(j.started_at, $2),
         history = (CASE WHEN c.status = 'processing' AND jsonb_array_length(j.history) > 0
                         THEN jsonb_set(j.history, ARRAY[(jsonb_array_length(j.history) - 1)::text],
-                                       (j.history -> -1) || jsonb_build_object('ended_at', $2, 'outcome', 'lost',
+                                       (j.history -> -1) || jsonb_build_object('ended_at', $6::text, 'outcome', 'lost',
                                                                               'error', 'lease expired'))
                         ELSE j.history END)
-                  || jsonb_build_array(jsonb_build_object('attempt', j.attempts + 1, 'started_at', $2))
+                  || jsonb_build_array(jsonb_build_object('attempt', j.attempts + 1, 'started_at', $6::text))
     FROM cand c
     WHERE j.id = c.id
       AND NOT (c.status = 'processing' AND c.attempts >= c.max_attempts)
@@ -80,6 +83,7 @@ FROM cand WHERE status = 'scheduled' AND run_at > $2;
 
 -- name: finish
 -- Record every outcome of a batch in one statement; only the lease holder ($8) may write.
+-- $9 now, $10 now as ISO-8601 UTC text (history times do not depend on the session's TimeZone).
 -- outcome "released" (claimed, never started) gives the attempt back and drops its history entry.
 WITH o AS (
     SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
@@ -98,7 +102,7 @@ UPDATE jobs j SET
     lease_expires_at = NULL,
     history = CASE WHEN o.outcome = 'released' THEN j.history - (-1)
                    ELSE jsonb_set(j.history, ARRAY[(jsonb_array_length(j.history) - 1)::text],
-                                  (j.history -> -1) || jsonb_build_object('ended_at', $9::timestamptz, 'outcome', o.outcome,
+                                  (j.history -> -1) || jsonb_build_object('ended_at', $10::text, 'outcome', o.outcome,
                                                                          'error', o.error,
                                                                          'duration_ms', o.duration_ms))
               END
@@ -116,7 +120,7 @@ RETURNING *;
 -- Re-run failed or cancelled jobs with a fresh set of attempts; the history keeps the old ones.
 UPDATE jobs SET status = 'pending', attempts = 0, run_at = $2::timestamptz, finished_at = NULL, result = NULL,
                 lease_token = NULL, lease_expires_at = NULL,
-                history = history || jsonb_build_array(jsonb_build_object('requeued_at', $2,
+                history = history || jsonb_build_array(jsonb_build_object('requeued_at', $3::text,
                                                                           'previous_status', status))
 WHERE id = ANY($1::bigint[]) AND status IN ('failed', 'cancelled')
 RETURNING *;
@@ -145,6 +149,18 @@ DELETE FROM jobs WHERE id IN (
 SELECT id, queue, priority, status, created_at, run_at, lease_expires_at FROM jobs
 WHERE status IN ('pending', 'scheduled', 'processing') AND ($1::text IS NULL OR queue = $1) AND id > $2
 ORDER BY id LIMIT $3;
+
+-- name: active_queues
+-- The queues that have unfinished jobs: a loose index scan of jobs_active (one probe per queue).
+WITH RECURSIVE q(queue) AS (
+    (SELECT queue FROM jobs WHERE status IN ('pending', 'scheduled', 'processing') ORDER BY queue LIMIT 1)
+    UNION ALL
+    SELECT (SELECT j.queue FROM jobs j
+            WHERE j.status IN ('pending', 'scheduled', 'processing') AND j.queue > q.queue
+            ORDER BY j.queue LIMIT 1)
+    FROM q WHERE q.queue IS NOT NULL
+)
+SELECT queue FROM q WHERE queue IS NOT NULL;
 
 -- name: queue_counts
 -- Jobs per queue and status.

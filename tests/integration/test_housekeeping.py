@@ -30,7 +30,7 @@ def jq(make_jq: Any, registry: Registry) -> JobQueue:
         JOBQUEUE_RETAIN_FAILED_DAYS=90,
         JOBQUEUE_HOUSEKEEPING_INTERVAL_S=600,
         # the periodic reconcile (the one allowed Postgres cost of an idle tick) stays out of the counts
-        JOBQUEUE_RECONCILE_INTERVAL_S=0,
+        JOBQUEUE_RECONCILE_INTERVAL_S=86_400,
     )
     q.drain_hooks.append(housekeeping_hook)
     return q
