@@ -4,17 +4,14 @@ signed here with PyJWT, exactly as Upstash would."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
-import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from typing import Any
 
-import asyncpg
 import httpx
 import jwt
 import pytest
@@ -27,8 +24,6 @@ from handlers import default_registry
 from jobqueue import PermanentError
 from jobqueue.engine import JobQueue
 from jobqueue.registry import JobContext, Registry
-from jobqueue.store import schema_sql
-from tests.conftest import ADMIN_URL, _db_url
 
 API_TOKEN = "test-api-token-0123456789abcdef"
 WORKER_SECRET = "test-worker-secret-0123456789abcdef"
@@ -50,35 +45,6 @@ APP_SETTINGS: dict[str, Any] = {
     "QSTASH_NEXT_SIGNING_KEY": QSTASH_NEXT,
     "JOBQUEUE_PUBLIC_URL": PUBLIC_URL,
 }
-
-
-@pytest.fixture(scope="session")
-def pg_template() -> Iterator[str]:
-    """A template database of this session's own. The shared one in tests/conftest.py is dropped
-    and re-created by every session, so two suites running at once break each other's CREATE
-    DATABASE ... TEMPLATE; a per-process name cannot collide."""
-    name = f"jq_api_template_{os.getpid()}"
-
-    async def run(*steps: tuple[str, str]) -> None:
-        for url, sql in steps:
-            conn = await asyncpg.connect(url)
-            try:
-                await conn.execute(sql)
-            finally:
-                await conn.close()
-
-    try:
-        asyncio.run(
-            run(
-                (ADMIN_URL, f"DROP DATABASE IF EXISTS {name}"),
-                (ADMIN_URL, f"CREATE DATABASE {name}"),
-                (_db_url(name), schema_sql()),
-            )
-        )
-    except (OSError, asyncpg.PostgresError) as e:
-        pytest.skip(f"PostgreSQL is not reachable at {ADMIN_URL}: {e}")
-    yield name
-    asyncio.run(run((ADMIN_URL, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
 
 
 class StrictPayload(BaseModel):
