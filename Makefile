@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 dev: $(STAMP)
-	$(BIN)/python -m api.dev
+	JOBQUEUE_REGISTRY=$${JOBQUEUE_REGISTRY:-handlers:registry} $(BIN)/python -m jobqueue.devserver
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q

@@ -1,14 +1,24 @@
-"""Built-in job types. Each module defines a `blueprint`; `default_registry()` assembles them.
+"""This reference app's job types: the built-ins (`echo`, `webhook.deliver`). A deployment of
+your own puts its job modules here (or anywhere importable) and adds their blueprints:
 
-Apps add their own: `registry = default_registry(); registry.add_blueprint(my_blueprint)`.
+    from jobqueue.builtins import default_registry
+    from myapp.jobs import blueprint
+
+    def registry():
+        reg = default_registry()
+        reg.add_blueprint(blueprint)
+        return reg
 """
 
 from __future__ import annotations
 
+from jobqueue.builtins import default_registry
 from jobqueue.registry import Registry
 
 
-def default_registry() -> Registry:
-    from . import echo, webhook
+def registry() -> Registry:
+    return default_registry()
 
-    return Registry([echo.blueprint, webhook.blueprint])
+
+# JOBQUEUE_REGISTRY=handlers:default_registry keeps working for deployments that named it.
+__all__ = ["default_registry", "registry"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib
 import json
 import logging
 import signal
@@ -17,15 +16,9 @@ from .errors import JobQueueError
 from .settings import Settings
 
 
-def load_registry(spec: str) -> Any:
-    """`module:callable` returning a Registry (JOBQUEUE_REGISTRY; apps point it at their own).
-    Imported by name so the engine does not depend on any handler package."""
-    module, _, attr = spec.partition(":")
-    return getattr(importlib.import_module(module), attr or "default_registry")()
-
-
 def _engine(settings: Settings) -> Any:
     from .engine import JobQueue
+    from .registry import load_registry
 
     return JobQueue.from_settings(settings, load_registry(settings.registry))
 

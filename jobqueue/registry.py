@@ -7,6 +7,7 @@ builds its own.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -133,3 +134,29 @@ class Registry:
     @property
     def queues(self) -> set[str]:
         return {t.queue for t in self._types.values()} | {"default"}
+
+
+# What an app hands to `create_app(registry=...)` and the Lambda handler: a registry, a function
+# that builds one, or its "module:callable" name; the latter two are resolved on first use, so
+# importing the entry point does not import every job module (a cold start pays only for imports).
+RegistrySource = Registry | Callable[[], Registry] | str
+
+
+def resolve_registry(source: RegistrySource) -> Registry:
+    if isinstance(source, Registry):
+        return source
+    if isinstance(source, str):
+        return load_registry(source)
+    return source()
+
+
+def load_registry(spec: str) -> Registry:
+    """`module:callable` returning a Registry (JOBQUEUE_REGISTRY; apps point it at their own).
+    Imported by name so the engine does not depend on any job module."""
+    module, _, attr = spec.partition(":")
+    made = getattr(importlib.import_module(module), attr or "default_registry")()
+    if not isinstance(made, Registry):
+        from .errors import ConfigurationError
+
+        raise ConfigurationError(f"JOBQUEUE_REGISTRY={spec!r} returned {type(made).__name__}, not a Registry")
+    return made

@@ -35,7 +35,7 @@ class Settings(BaseSettings):
     vercel_production_host: str | None = Field(default=None, validation_alias="VERCEL_PROJECT_PRODUCTION_URL")
     vercel_host: str | None = Field(default=None, validation_alias="VERCEL_URL")
 
-    registry: str = Field(default="handlers:default_registry", validation_alias="JOBQUEUE_REGISTRY")
+    registry: str = Field(default="jobqueue.builtins:default_registry", validation_alias="JOBQUEUE_REGISTRY")
     prefix: str = Field(default="jq", validation_alias="JOBQUEUE_PREFIX", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     batch_size: int = Field(default=500, ge=1, le=1000, validation_alias="JOBQUEUE_BATCH_SIZE")
     concurrency: int = Field(default=500, ge=1, le=5000, validation_alias="JOBQUEUE_CONCURRENCY")

@@ -23,7 +23,7 @@ import asyncpg
 import pytest
 import redis as redis_sync
 
-from handlers import default_registry
+from jobqueue.builtins import default_registry
 from jobqueue.clock import FakeClock
 from jobqueue.engine import JobQueue
 from jobqueue.registry import Registry

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from handlers import default_registry
+from jobqueue.builtins import default_registry
 from jobqueue.registry import JobContext, Registry
 
 

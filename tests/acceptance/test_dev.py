@@ -55,7 +55,11 @@ def dev_server(tmp_path: Path, env: dict[str, str], timeout_s: float = 30.0) -> 
     out, err = tmp_path / "dev.out", tmp_path / "dev.err"
     with out.open("wb") as o, err.open("wb") as e:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "api.dev"], env=server_env(PORT=str(port), **env), cwd=ROOT, stdout=o, stderr=e
+            [sys.executable, "-m", "jobqueue.devserver"],
+            env=server_env(PORT=str(port), **env),
+            cwd=ROOT,
+            stdout=o,
+            stderr=e,
         )
     dev = Dev(proc, f"http://127.0.0.1:{port}", out, err)
     try:

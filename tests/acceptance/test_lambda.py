@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 
+from jobqueue.web import aws_lambda
+
 API_TOKEN = "lambda-api-token-0123456789abcdef"
 WORKER_SECRET = "lambda-worker-secret-0123456789abcdef"
 AUTH = {"authorization": f"Bearer {API_TOKEN}"}
@@ -210,4 +212,4 @@ def test_health_without_any_configuration_says_what_is_missing(
     ],
 )
 def test_which_events_drain(lambda_module: Any, event: Any, drain: bool) -> None:
-    assert lambda_module.is_drain_event(event) is drain
+    assert aws_lambda.is_drain_event(event) is drain

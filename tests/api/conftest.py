@@ -19,11 +19,11 @@ import redis as redis_sync
 from fastapi import FastAPI
 from pydantic import BaseModel, TypeAdapter
 
-from api._app import create_app
-from handlers import default_registry
 from jobqueue import PermanentError
+from jobqueue.builtins import default_registry
 from jobqueue.engine import JobQueue
 from jobqueue.registry import JobContext, Registry
+from jobqueue.web.app import create_app
 
 API_TOKEN = "test-api-token-0123456789abcdef"
 WORKER_SECRET = "test-worker-secret-0123456789abcdef"

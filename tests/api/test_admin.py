@@ -10,13 +10,13 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from api._app import create_app
 from jobqueue.clock import FakeClock
 from jobqueue.engine import JobQueue
 from jobqueue.registry import Registry
 from jobqueue.settings import Settings
 from jobqueue.store import Store
 from jobqueue.transports import RedisPyTransport
+from jobqueue.web.app import create_app
 
 from .conftest import APP_SETTINGS, AUTH, WORKER_AUTH, redis_keys, stored
 

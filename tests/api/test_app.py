@@ -11,10 +11,10 @@ from typing import Any
 import httpx
 from fastapi import FastAPI
 
-from api._app import create_app
 from jobqueue.engine import JobQueue
 from jobqueue.registry import Registry
 from jobqueue.settings import Settings
+from jobqueue.web.app import create_app
 
 from .conftest import APP_SETTINGS, AUTH
 
@@ -31,6 +31,7 @@ LAZY_MODULES = [
     "jobqueue.store",
     "jobqueue.transports",
     "handlers",
+    "jobqueue.builtins",
 ]
 
 

@@ -11,8 +11,8 @@ import jwt
 import pytest
 from fastapi import FastAPI
 
-from api._app import create_app
 from jobqueue.engine import JobQueue
+from jobqueue.web.app import create_app
 
 from .conftest import (
     API_TOKEN,

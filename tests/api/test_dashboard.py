@@ -18,17 +18,17 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from api import _dashboard
-from api._app import create_app
-from api._dashboard_auth import COOKIE, SESSION_TTL_S, issue_session, verify_session
-from api._dashboard_charts import line, nice_max, stacked_bars
-from api._dashboard_render import CSP
 from jobqueue import PermanentError
 from jobqueue.clock import FakeClock
 from jobqueue.engine import JobQueue
 from jobqueue.registry import JobContext, Registry
 from jobqueue.store import Store
 from jobqueue.transports import RedisPyTransport
+from jobqueue.web import dashboard as _dashboard
+from jobqueue.web.app import create_app
+from jobqueue.web.dashboard_auth import COOKIE, SESSION_TTL_S, issue_session, verify_session
+from jobqueue.web.dashboard_charts import line, nice_max, stacked_bars
+from jobqueue.web.dashboard_render import CSP
 
 from .conftest import API_TOKEN, AUTH
 
@@ -467,9 +467,18 @@ async def test_a_database_outage_is_a_503_page_naming_postgres(
 
 
 def test_a_wired_dashboard_keeps_the_cold_import_lazy() -> None:
-    lazy = ["jinja2", "jobqueue.metrics", "prometheus_client", "asyncpg", "httpx", "jobqueue.engine", "handlers"]
+    lazy = [
+        "jinja2",
+        "jobqueue.metrics",
+        "prometheus_client",
+        "asyncpg",
+        "httpx",
+        "jobqueue.engine",
+        "handlers",
+        "jobqueue.builtins",
+    ]
     code = (
-        "import sys, api.index, api._dashboard; api.index.app.include_router(api._dashboard.router); "
+        "import sys, api.index, jobqueue.web.dashboard as d; api.index.app.include_router(d.router); "
         f"print([m for m in {lazy!r} if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)

@@ -22,9 +22,9 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from api._app import create_app
 from jobqueue.registry import Registry
 from jobqueue.settings import Settings
+from jobqueue.web.app import create_app
 
 from .conftest import APP_SETTINGS, AUTH, WORKER_AUTH
 

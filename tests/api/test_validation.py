@@ -10,8 +10,8 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from api._app import create_app
 from jobqueue.engine import JobQueue
+from jobqueue.web.app import create_app
 
 from .conftest import APP_SETTINGS, AUTH, assert_nothing_stored
 

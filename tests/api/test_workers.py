@@ -12,11 +12,11 @@ import pytest
 import respx
 from fastapi import FastAPI
 
-from api._app import create_app
-from api._kick import QStashKicker, install_kicker, qstash_kicker
 from jobqueue.engine import JobQueue
 from jobqueue.registry import JobContext, Registry
 from jobqueue.settings import Settings
+from jobqueue.web.app import create_app
+from jobqueue.web.kick import QStashKicker, install_kicker, qstash_kicker
 
 from .conftest import APP_SETTINGS, AUTH, WORKER_AUTH
 

@@ -21,12 +21,12 @@ import asyncpg
 import pytest
 import uvicorn
 
-from api import _dashboard
-from api._app import create_app
-from handlers import default_registry
 from jobqueue import PermanentError
+from jobqueue.builtins import default_registry
 from jobqueue.registry import JobContext, Registry
 from jobqueue.settings import Settings
+from jobqueue.web import dashboard as _dashboard
+from jobqueue.web.app import create_app
 from tests.conftest import _free_port
 
 CHROMIUM = "/usr/bin/chromium"

@@ -9,10 +9,10 @@ import httpx
 import pytest
 from fastapi import Request
 
-from api._app import create_app
 from jobqueue.client import enqueue
 from jobqueue.engine import JobQueue
 from jobqueue.errors import InvalidJob
+from jobqueue.web.app import create_app
 
 
 async def test_enqueue_through_the_engine_renders_the_job_as_the_api_does(jq: JobQueue) -> None:

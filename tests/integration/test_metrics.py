@@ -14,14 +14,14 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from api._app import create_app
-from api._routes_metrics import router
 from jobqueue.clock import FakeClock
 from jobqueue.engine import JobQueue
 from jobqueue.metrics import collect, prometheus_text
 from jobqueue.models import Backoff
 from jobqueue.registry import JobContext, Registry
 from jobqueue.settings import Settings
+from jobqueue.web.app import create_app
+from jobqueue.web.routes_metrics import router
 
 FIXED_1S = Backoff(type="fixed", delay_ms=1000)
 

@@ -23,8 +23,8 @@ import respx
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from handlers import default_registry, webhook
-from handlers.webhook import DeliveryFailed, WebhookPayload, deliver
+from jobqueue.builtins import default_registry, webhook
+from jobqueue.builtins.webhook import DeliveryFailed, WebhookPayload, deliver
 from jobqueue.clock import FakeClock, to_ms
 from jobqueue.engine import JobQueue
 from jobqueue.errors import InvalidJob, PermanentError, RetryAfter

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from handlers import default_registry
+from jobqueue.builtins import default_registry
 from jobqueue.errors import DuplicateJobType, InvalidJob
 from jobqueue.models import Backoff
 from jobqueue.registry import Blueprint, JobContext, Registry

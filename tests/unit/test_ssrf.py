@@ -12,8 +12,8 @@ import socket
 import httpx
 import pytest
 
-from handlers import webhook
-from handlers.webhook import DeliveryFailed, check_destination, refusal_reason
+from jobqueue.builtins import webhook
+from jobqueue.builtins.webhook import DeliveryFailed, check_destination, refusal_reason
 from jobqueue.errors import PermanentError
 
 REFUSED = {

@@ -15,8 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from jobqueue.errors import Unavailable
 from jobqueue.models import JobView
 
-from ._auth import require_api_token
-from ._deps import (
+from .auth import require_api_token
+from .deps import (
     JQ,
     MAX_ID,
     QUEUE_PATTERN,
@@ -30,8 +30,8 @@ from ._deps import (
     read_body,
     resources,
 )
-from ._errors import COMMON_ERRORS, TOO_LARGE
-from ._routes_jobs import JobList
+from .http_errors import COMMON_ERRORS, TOO_LARGE
+from .routes_jobs import JobList
 
 log = logging.getLogger("jobqueue.api")
 

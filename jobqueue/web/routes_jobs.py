@@ -18,8 +18,8 @@ from jobqueue.errors import InvalidJob
 from jobqueue.models import JobRequest, JobView
 from jobqueue.settings import Settings
 
-from ._auth import require_api_token
-from ._deps import (
+from .auth import require_api_token
+from .deps import (
     JQ,
     MAX_ID,
     PageDep,
@@ -32,7 +32,7 @@ from ._deps import (
     read_body,
     require_object,
 )
-from ._errors import COMMON_ERRORS, CONFLICT, NOT_FOUND, TOO_LARGE, InvalidRequest
+from .http_errors import COMMON_ERRORS, CONFLICT, NOT_FOUND, TOO_LARGE, InvalidRequest
 
 MAX_BATCH = 1000  # DESIGN.md section 5; the engine enforces the same bound
 # Vercel refuses request bodies over 4.5 MB before the function runs; a batch may use all of it.

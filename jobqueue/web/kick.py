@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from ._deps import Kicker, Resources
+from .deps import Kicker, Resources
 
 if TYPE_CHECKING:
     from fastapi import FastAPI

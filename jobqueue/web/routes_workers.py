@@ -8,10 +8,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel
 
-from ._auth import require_worker
-from ._deps import JQ, SettingsDep
-from ._errors import COMMON_ERRORS, TOO_LARGE
-from ._kick import continue_drain
+from .auth import require_worker
+from .deps import JQ, SettingsDep
+from .http_errors import COMMON_ERRORS, TOO_LARGE
+from .kick import continue_drain
 
 router = APIRouter(
     prefix="/api/workers",

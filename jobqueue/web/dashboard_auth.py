@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 from fastapi import Depends, Form, Request
 
-from ._deps import SettingsDep
+from .deps import SettingsDep
 
 COOKIE = "jq_dashboard"
 COOKIE_PATH = "/dashboard"

@@ -20,7 +20,7 @@ from fastapi import Request
 
 from jobqueue.errors import Unauthorized
 
-from ._deps import SettingsDep, read_body, resources
+from .deps import SettingsDep, read_body, resources
 
 if TYPE_CHECKING:
     from jobqueue.engine import JobQueue

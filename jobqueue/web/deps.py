@@ -23,11 +23,11 @@ from jobqueue.errors import PayloadTooLarge, Unavailable
 from jobqueue.models import Status
 from jobqueue.settings import Settings
 
-from ._errors import InvalidRequest
+from .http_errors import InvalidRequest
 
 if TYPE_CHECKING:
     from jobqueue.engine import JobQueue
-    from jobqueue.registry import Registry
+    from jobqueue.registry import RegistrySource
 
 Kicker = Callable[[], Awaitable[None]]
 
@@ -38,7 +38,7 @@ M = TypeVar("M", bound=BaseModel)
 class Resources:
     """What the app holds across requests: settings, and the engine once something needs it."""
 
-    def __init__(self, settings: Settings, jq: JobQueue | None, registry: Registry | None) -> None:
+    def __init__(self, settings: Settings, jq: JobQueue | None, registry: RegistrySource | None) -> None:
         self.settings = settings
         self.registry = registry
         self._jq = jq
@@ -64,10 +64,10 @@ class Resources:
             raise Unavailable("postgres", "DATABASE_URL is not set")
         if not (s.upstash_url and s.upstash_token) and not s.redis_url:
             raise Unavailable("redis", "neither UPSTASH_REDIS_REST_URL/TOKEN nor REDIS_URL is set")
-        from jobqueue.cli import load_registry
         from jobqueue.engine import JobQueue
+        from jobqueue.registry import load_registry, resolve_registry
 
-        registry = self.registry if self.registry is not None else load_registry(s.registry)
+        registry = resolve_registry(self.registry) if self.registry is not None else load_registry(s.registry)
         return JobQueue.from_settings(s, registry)
 
     async def close(self) -> None:

@@ -20,9 +20,9 @@ from fastapi import APIRouter, Form, Path, Request, Response
 from fastapi.responses import RedirectResponse
 from pydantic import Field
 
-from ._dashboard_auth import COOKIE, COOKIE_PATH, CsrfDep
-from ._dashboard_render import DashboardRoute, render
-from ._deps import JQ, MAX_ID
+from .dashboard_auth import COOKIE, COOKIE_PATH, CsrfDep
+from .dashboard_render import DashboardRoute, render
+from .deps import JQ, MAX_ID
 
 if TYPE_CHECKING:
     from jobqueue.engine import JobQueue

@@ -18,14 +18,14 @@ from starlette.types import Receive, Scope, Send
 
 from jobqueue.settings import Settings
 
-from . import _routes_admin, _routes_jobs, _routes_metrics, _routes_workers
-from ._deps import Resources
-from ._errors import install_error_handlers
-from ._kick import qstash_kicker
+from . import routes_admin, routes_jobs, routes_metrics, routes_workers
+from .deps import Resources
+from .http_errors import install_error_handlers
+from .kick import qstash_kicker
 
 if TYPE_CHECKING:
     from jobqueue.engine import JobQueue
-    from jobqueue.registry import Registry
+    from jobqueue.registry import RegistrySource
 
 API_VERSION = "1.0"
 DESCRIPTION = """A durable job queue: Postgres is the truth, Redis dispatches, `/api/workers` drains.
@@ -45,11 +45,11 @@ class LazyDashboard:
 
     def build(self) -> FastAPI:
         if self._app is None:
-            from . import _dashboard
+            from . import dashboard
 
             sub = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
             sub.state.resources = self._parent.state.resources
-            sub.include_router(_dashboard.router)
+            sub.include_router(dashboard.router)
             self._app = sub
         return self._app
 
@@ -58,11 +58,12 @@ class LazyDashboard:
 
 
 def create_app(
-    settings: Settings | None = None, *, jq: JobQueue | None = None, registry: Registry | None = None
+    settings: Settings | None = None, *, jq: JobQueue | None = None, registry: RegistrySource | None = None
 ) -> FastAPI:
     """Build the app. `jq`, when given, is used as is and left open (its owner closes it);
     otherwise one is built from `settings` (default: the environment) on first use, with
-    `registry` or the one JOBQUEUE_REGISTRY names (default `handlers:default_registry`)."""
+    `registry` or the one JOBQUEUE_REGISTRY names (default `jobqueue.builtins:default_registry`);
+    `registry` may be a function that builds it, called on first use."""
     if settings is None:
         settings = jq.settings if jq is not None else Settings()
     res = Resources(settings, jq, registry)
@@ -87,12 +88,12 @@ def create_app(
     )
     app.state.resources = res
     install_error_handlers(app)
-    app.include_router(_routes_jobs.router)
-    app.include_router(_routes_workers.router)
-    app.include_router(_routes_admin.dlq)
-    app.include_router(_routes_admin.queues)
-    app.include_router(_routes_admin.health)
-    app.include_router(_routes_metrics.router)
+    app.include_router(routes_jobs.router)
+    app.include_router(routes_workers.router)
+    app.include_router(routes_admin.dlq)
+    app.include_router(routes_admin.queues)
+    app.include_router(routes_admin.health)
+    app.include_router(routes_metrics.router)
     # The dashboard is built on its first request: its routes (and Jinja2) are a fifth of a cold
     # start, and API calls, the bulk of all invocations, never need them.
     app.router.routes.append(Route("/dashboard{rest:path}", LazyDashboard(app), include_in_schema=False))

@@ -1,10 +1,10 @@
 """The operator dashboard at `/dashboard`: server-rendered pages over the same engine the API uses,
 for the holder of JOBS_API_TOKEN. Overview (per-queue counts, success rates, 24-hour and
 last-hour charts, pause/resume), jobs (filters, search, paging), a job's detail, and the
-dead-letter queue. The forms that change state are in _dashboard_actions.py; sessions and CSRF in
+dead-letter queue. The forms that change state are in dashboard_actions.py; sessions and CSRF in
 _dashboard_auth.py; templates, filters and error pages in _dashboard_render.py.
 
-Wire it with `app.include_router(_dashboard.router)`: static assets are served by a route here,
+Wire it with `app.include_router(dashboard.router)`: static assets are served by a route here,
 so no mount is needed, and the routes stay out of the OpenAPI document.
 """
 
@@ -21,10 +21,10 @@ from fastapi.responses import RedirectResponse
 from jobqueue.errors import InvalidJob
 from jobqueue.models import STATUSES, JobView
 
-from . import _dashboard_actions
-from ._auth import secret_matches
-from ._dashboard_actions import count_text, failed_count
-from ._dashboard_auth import (
+from . import dashboard_actions
+from .auth import secret_matches
+from .dashboard_actions import count_text, failed_count
+from .dashboard_auth import (
     COOKIE,
     COOKIE_PATH,
     SESSION_TTL_S,
@@ -36,16 +36,16 @@ from ._dashboard_auth import (
     same_origin,
     verify_session,
 )
-from ._dashboard_charts import line as line_chart
-from ._dashboard_charts import stacked_bars
-from ._dashboard_render import DashboardRoute, asset, render
-from ._deps import JQ, MAX_ID, SettingsDep, decode_cursor, encode_cursor
+from .dashboard_charts import line as line_chart
+from .dashboard_charts import stacked_bars
+from .dashboard_render import DashboardRoute, asset, render
+from .deps import JQ, MAX_ID, SettingsDep, decode_cursor, encode_cursor
 
 if TYPE_CHECKING:
     from jobqueue.engine import JobQueue
 
 router = APIRouter(prefix=COOKIE_PATH, route_class=DashboardRoute, include_in_schema=False)
-router.include_router(_dashboard_actions.router)
+router.include_router(dashboard_actions.router)
 
 HOURS = 24
 PAGE_SIZE = 50
@@ -86,7 +86,7 @@ async def static(name: Annotated[str, Path(max_length=40)]) -> Response:
 async def login_form(request: Request, settings: SettingsDep, next: Text = None) -> Response:
     if verify_session(request.cookies.get(COOKIE), settings.api_token) is not None:
         return RedirectResponse(safe_next(next), status_code=303)
-    return render(request, "login.html", next=safe_next(next), error=None, notice=_dashboard_actions.notice(request))
+    return render(request, "login.html", next=safe_next(next), error=None, notice=dashboard_actions.notice(request))
 
 
 @router.post("/login")
@@ -192,7 +192,7 @@ async def overview(request: Request, session: SessionDep, jq: JQ) -> Response:
 
     metrics, by_hour = await asyncio.gather(collect(jq), hourly(jq))
     context = overview_context(metrics, by_hour)
-    notice = _dashboard_actions.notice(request)
+    notice = dashboard_actions.notice(request)
     return render(request, "overview.html", session=session, nav="overview", notice=notice, **context)
 
 
@@ -265,7 +265,7 @@ async def job_detail(
         history=attempts_of(view),
         can_cancel=view.status in ("pending", "scheduled"),
         can_retry=view.status in ("failed", "cancelled"),
-        notice=_dashboard_actions.notice(request),
+        notice=dashboard_actions.notice(request),
     )
 
 
@@ -302,5 +302,5 @@ async def dlq(
         type_names=jq.registry.names,
         first_url=page_url(f"{COOKIE_PATH}/dlq", **filters, limit=size) if cursor else None,
         next_url=page_url(f"{COOKIE_PATH}/dlq", **filters, limit=size, cursor=encode_cursor(last)) if last else None,
-        notice=_dashboard_actions.notice(request),
+        notice=dashboard_actions.notice(request),
     )

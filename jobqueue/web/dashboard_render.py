@@ -25,7 +25,7 @@ from fastapi.routing import APIRoute
 
 from jobqueue.errors import JobQueueError, Unavailable
 
-from ._dashboard_auth import COOKIE_PATH, CsrfRefused, LoginRequired
+from .dashboard_auth import COOKIE_PATH, CsrfRefused, LoginRequired
 
 if TYPE_CHECKING:
     import jinja2

@@ -1,4 +1,4 @@
-"""`make dev` (`python -m api.dev`): the API on embedded defaults, with a local tick and a kick.
+"""`make dev` (`python -m jobqueue.devserver`): the API on embedded defaults, with a local tick and a kick.
 
 With nothing configured it needs nothing installed beyond the virtualenv:
 
@@ -149,8 +149,8 @@ def resolve(env: Mapping[str, str]) -> Services:
 
 def build_engine(services: Services) -> Any:
     """The JobQueue the app and the tick share (one engine, one pool, one Redis)."""
-    from jobqueue.cli import load_registry
     from jobqueue.engine import JobQueue
+    from jobqueue.registry import load_registry
     from jobqueue.transports import embedded_redis
 
     s = services.settings
@@ -241,8 +241,8 @@ Enqueue an echo job and poll its status:
 async def serve(services: Services, host: str, port: int) -> int:
     import uvicorn
 
-    from api._app import create_app
-    from api._kick import install_kicker
+    from jobqueue.web.app import create_app
+    from jobqueue.web.kick import install_kicker
 
     jq = build_engine(services)
     try:

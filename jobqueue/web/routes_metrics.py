@@ -10,9 +10,9 @@ from datetime import datetime
 from fastapi import APIRouter, Depends, Response
 from pydantic import BaseModel, Field
 
-from ._auth import require_api_token
-from ._deps import JQ
-from ._errors import COMMON_ERRORS
+from .auth import require_api_token
+from .deps import JQ
+from .http_errors import COMMON_ERRORS
 
 # The same string as jobqueue.metrics.PROMETHEUS_CONTENT_TYPE, spelled out so that importing the
 # API (every cold start) does not import prometheus_client; the routes import it when called.
