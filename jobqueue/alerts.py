@@ -9,11 +9,12 @@ once per (kind, queue) per ALERT_INTERVAL_S:
   left out: their jobs wait by design).
 
 Cost, keeping DESIGN.md invariant 5: an idle drain (nothing claimed, nothing dead) returns before
-any I/O. A busy drain costs one Redis pipeline: SET NX PX on the `dead` debounce key of every queue
-with dead jobs, plus the marker that admits the Postgres checks. Those checks (`alert_checks`, one
-statement whose cost follows the number of queues, not of jobs) run at most once per interval;
-only when one trips is a second pipeline sent, for the `dlq`/`wait` debounce keys. Debouncing uses
-Redis expiry (real time): it must hold across processes and survive nothing else.
+any I/O. A busy drain costs one Redis request: a turn (`Broker.take_turns`) on the `dead` debounce
+marker of every queue with dead jobs, plus the marker that admits the Postgres checks. Those checks
+(`alert_checks`, one statement whose cost follows the number of queues, not of jobs) run at most
+once per interval; only when one trips is a second request sent, for the `dlq`/`wait` markers. The
+markers hold their next due time in the engine's clock, so they hold across processes and tests
+move a FakeClock instead of waiting for an expiry.
 
 Alerts are not sent from here: each is enqueued as a `webhook.deliver` job on the `_alerts` queue,
 so it is stored and retried like any webhook, and a drain never waits on the receiver. That queue
@@ -77,9 +78,8 @@ async def pending_alerts(jq: JobQueue, dead: list[dict[str, Any]]) -> list[dict[
         if d.get("queue") != ALERT_QUEUE:
             by_queue[str(d.get("queue"))].append(d)
     queues = list(by_queue)
-    cmds = [_set_nx(jq.keys.alert("dead", q), ttl_ms) for q in queues]
-    cmds.append(_set_nx(jq.keys.alert(CHECKS_KIND, CHECKS_SCOPE), ttl_ms))
-    taken = [_acquired(r) for r in await jq.redis.pipeline(cmds)]
+    markers = [jq.keys.alert("dead", q) for q in queues] + [jq.keys.alert(CHECKS_KIND, CHECKS_SCOPE)]
+    taken = await jq.broker.take_turns(markers, jq.clock.ms(), ttl_ms)
     alerts = [_dead_alert(q, by_queue[q]) for q, ok in zip(queues, taken, strict=False) if ok]
     if taken[-1]:
         alerts += await _check_thresholds(jq, jq.clock.now())
@@ -117,8 +117,9 @@ async def _check_thresholds(jq: JobQueue, now: datetime) -> list[dict[str, Any]]
     if not tripped:
         return []
     ttl_ms = s.alert_interval_s * 1000
-    res = await jq.redis.pipeline([_set_nx(jq.keys.alert(a["kind"], a["queue"]), ttl_ms) for a in tripped])
-    return [a for a, r in zip(tripped, res, strict=False) if _acquired(r)]
+    markers = [jq.keys.alert(a["kind"], a["queue"]) for a in tripped]
+    taken = await jq.broker.take_turns(markers, jq.clock.ms(), ttl_ms)
+    return [a for a, ok in zip(tripped, taken, strict=True) if ok]
 
 
 def _dead_alert(queue: str, dead: list[dict[str, Any]]) -> dict[str, Any]:
@@ -143,12 +144,3 @@ def first_line(error: str | None) -> str:
     """The first line of an error, cut: the rest (a traceback) belongs in the job, not in chat."""
     line = (error or "").strip().split("\n", 1)[0]
     return line if len(line) <= MAX_ERROR_CHARS else line[: MAX_ERROR_CHARS - 1] + "…"
-
-
-def _set_nx(key: str, ttl_ms: int) -> list[Any]:
-    return ["SET", key, "1", "NX", "PX", max(1, ttl_ms)]
-
-
-def _acquired(reply: Any) -> bool:
-    # redis-py answers a won SET NX with True, Upstash with "OK"; a lost one is None for both.
-    return reply is True or reply == "OK"

@@ -1,21 +1,32 @@
-"""The Redis side of the engine: push, claim, acknowledge, pause, and the reconcile reads/writes.
+"""The Redis adapter: the only module that builds Redis commands (an import-linter contract and a
+test keep it so). Everything above it asks for operations by name: push, claim, acknowledge,
+extend leases, take a turn on a clock-based marker, lock, pause, and the reads and writes of
+reconcile and metrics.
 
 Every operation is one request (a script or a pipeline) whatever the number of jobs, and every
-variadic command carries all the members of a batch (DESIGN.md invariant 4).
+variadic command carries all the members of a batch (DESIGN.md invariant 4). Replies are read
+here too, so the two transports' differences (redis-py turns a won `SET NX` into True, Upstash
+answers "OK") stay inside this file.
 """
 
 from __future__ import annotations
 
+import secrets
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from .clock import to_ms
-from .keys import Keys, encode_member, lease_member
+from .keys import Keys, encode_member, lease_member, member_id
 from .transports import RedisTransport, Script
 
 CLAIM = Script.load("claim")
+TURN = Script.load("turn")
+UNLOCK = Script.load("unlock")
+# Turn markers expire this long after their interval in real time: Redis only forgets markers
+# nobody asks about any more; the due time itself is the stored value, in the engine's clock.
+TURN_EXPIRY_SLACK_MS = 10 * 60 * 1000
 
 
 @dataclass
@@ -42,10 +53,12 @@ def job_member(row: dict[str, Any]) -> str:
 
 @dataclass
 class Ack:
-    """The Redis writes that finish a batch, gathered so they go out as one pipeline."""
+    """The Redis writes that follow recorded outcomes (or a grant), gathered so they go out as one
+    pipeline."""
 
     keys: Keys
     remove: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))  # processing -> lease members
+    lease: dict[str, list[Any]] = field(default_factory=lambda: defaultdict(list))  # processing -> score, member...
     delay: dict[str, list[Any]] = field(default_factory=lambda: defaultdict(list))  # delayed -> score, member...
     requeue: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))  # ready list -> members
 
@@ -60,13 +73,49 @@ class Ack:
         self.done(queue, member, token)
         self.requeue[self.keys.ready(queue, priority)].append(member)
 
+    def hand_back(self, queue: str, member: str, token: str, holder: str, deadline_ms: int) -> None:
+        """A popped lease that Postgres says is still held: give the holder its entry back, at
+        the deadline Postgres has, so recovery looks again exactly when the lease runs out."""
+        self.done(queue, member, token)
+        self.lease[self.keys.processing(queue)] += [deadline_ms, lease_member(member, holder)]
+
+    def __bool__(self) -> bool:
+        return any((self.remove, self.lease, self.delay, self.requeue))
+
+    def merge(self, other: Ack) -> None:
+        for mine, theirs in (
+            (self.remove, other.remove),
+            (self.lease, other.lease),
+            (self.delay, other.delay),
+            (self.requeue, other.requeue),
+        ):
+            for k, v in theirs.items():
+                mine[k] += v
+
     def commands(self) -> list[list[Any]]:
         cmds: list[list[Any]] = []
         cmds += [["ZREM", k, *ms] for k, ms in self.remove.items() if ms]
+        cmds += [["ZADD", k, *args] for k, args in self.lease.items() if args]
         cmds += [["ZADD", k, *args] for k, args in self.delay.items() if args]
-        # RPUSH: released jobs go back to the popping end, so they run next.
-        cmds += [["RPUSH", k, *ms] for k, ms in self.requeue.items() if ms]
+        # RPUSH: released jobs go back to the popping end, so they run next, the oldest first (it
+        # is pushed last, so it ends up rightmost).
+        cmds += [["RPUSH", k, *sorted(ms, key=_age_key, reverse=True)] for k, ms in self.requeue.items() if ms]
         return cmds
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A lease this drain holds, as the processing set records it."""
+
+    queue: str
+    member: str
+    token: str
+    deadline_ms: int
+
+
+def _won(reply: Any) -> bool:
+    # redis-py answers a won SET NX with True, Upstash with "OK"; a lost one is None for both.
+    return reply is True or reply == "OK"
 
 
 class Broker:
@@ -74,7 +123,9 @@ class Broker:
         self.redis = transport
         self.keys = keys
 
-    def push_commands(self, rows: Iterable[dict[str, Any]]) -> list[list[Any]]:
+    # --- enqueue ------------------------------------------------------------------------------
+
+    def _push_commands(self, rows: Iterable[dict[str, Any]]) -> list[list[Any]]:
         """Commands that index new (or restored) jobs: LPUSH per ready list in id order (so the
         oldest is popped first), ZADD per delayed set, and the queue into the queue set."""
         ready: dict[str, list[str]] = defaultdict(list)
@@ -98,13 +149,25 @@ class Broker:
             cmds.append(["SADD", self.keys.queues, *sorted(queues)])
         return cmds
 
-    async def push(self, rows: list[dict[str, Any]], extra: list[list[Any]] | None = None) -> list[Any]:
-        cmds = self.push_commands(rows) + (extra or [])
-        return await self.redis.pipeline(cmds) if cmds else []
+    async def push(self, rows: list[dict[str, Any]], *, kick: tuple[int, int] | None = None) -> bool:
+        """Index rows. With `kick` = (now_ms, interval_ms), also take the kick turn in the same
+        request; returns whether this push won it (at most one kick per interval, across all
+        processes, whatever the number of enqueues)."""
+        cmds = self._push_commands(rows)
+        if kick is not None:
+            # EVAL, not EVALSHA: a NOSCRIPT inside a pipeline would fail the push itself.
+            now_ms, interval_ms = kick
+            cmds.append(["EVAL", TURN.source, 1, self.keys.kick, now_ms, interval_ms, _expiry(interval_ms)])
+        if not cmds:
+            return False
+        res = await self.redis.pipeline(cmds)
+        return kick is not None and _turn_taken(res[-1])[0]
+
+    # --- the drain ----------------------------------------------------------------------------
 
     async def claim(
         self,
-        queues: list[str],
+        queue_limits: list[tuple[str, int]],
         limit: int,
         now_ms: int,
         lease_deadline_ms: int,
@@ -112,18 +175,19 @@ class Broker:
         reconcile_interval_ms: int,
     ) -> Claimed:
         keys = [self.keys.queues, self.keys.paused, self.keys.epoch, self.keys.reconcile_due]
-        for q in queues:
+        args: list[Any] = [now_ms, limit, lease_deadline_ms, token, reconcile_interval_ms]
+        for q, n in queue_limits:
             keys += [self.keys.delayed(q), self.keys.processing(q), *self.keys.ready_all(q)]
-        args: list[Any] = [now_ms, limit, lease_deadline_ms, token, reconcile_interval_ms, *queues]
+            args += [q, max(0, n)]
         raw = await self.redis.script(CLAIM, keys, args)
         out = Claimed(flags=raw[0] or "", known_queues=list(raw[1] or []))
         rest = raw[2:]
         for i in range(0, len(rest), 3):
             queue, taken, recovered = rest[i], rest[i + 1] or [], rest[i + 2] or []
             for m in taken:
-                out.members[_id(m)] = (queue, m)
+                out.members[member_id(m)] = (queue, m)
             for m in recovered:
-                jid = _id(m)
+                jid = member_id(m)
                 out.members[jid] = (queue, m)
                 out.recovered.add(jid)
         return out
@@ -133,11 +197,79 @@ class Broker:
         if cmds:
             await self.redis.pipeline(cmds)
 
+    async def extend(self, leases: Iterable[Lease]) -> None:
+        """Move leases' deadlines later (never earlier: GT), re-creating an entry another drain
+        popped meanwhile. A stale entry for a job that has just finished is harmless: the next
+        claim that pops it finds the row finished and drops it."""
+        by_key: dict[str, list[Any]] = defaultdict(list)
+        for lease in leases:
+            by_key[self.keys.processing(lease.queue)] += [lease.deadline_ms, lease_member(lease.member, lease.token)]
+        if by_key:
+            await self.redis.pipeline([["ZADD", k, "GT", *args] for k, args in by_key.items()])
+
+    # --- clock-based turns and locks ----------------------------------------------------------
+
+    async def take_turns(self, keys: list[str], now_ms: int, interval_ms: int) -> list[bool]:
+        """For each marker, whether this caller takes its turn now (and moves it interval_ms on)."""
+        if not keys:
+            return []
+        return _turn_taken(await self.redis.script(TURN, keys, [now_ms, interval_ms, _expiry(interval_ms)]))
+
+    async def take_turn(self, key: str, now_ms: int, interval_ms: int) -> bool:
+        return (await self.take_turns([key], now_ms, interval_ms))[0]
+
+    async def reset_turn(self, key: str, now_ms: int) -> None:
+        """Make a marker due again from now (a task that left work behind)."""
+        await self.redis.command("SET", key, now_ms, "PX", TURN_EXPIRY_SLACK_MS)
+
+    async def try_lock(self, key: str, owner: str, ttl_ms: int) -> bool:
+        """A lock in real time (its holder may die): only `owner` releases it (`unlock`)."""
+        return _won(await self.redis.command("SET", key, owner, "NX", "PX", ttl_ms))
+
+    async def unlock(self, key: str, owner: str) -> None:
+        await self.redis.script(UNLOCK, [key], [owner])
+
+    # --- queues -------------------------------------------------------------------------------
+
     async def set_paused(self, queue: str, paused: bool) -> None:
         await self.redis.command("SADD" if paused else "SREM", self.keys.paused, queue)
 
     async def paused(self) -> set[str]:
         return set(await self.redis.command("SMEMBERS", self.keys.paused) or [])
+
+    async def known_queues(self) -> set[str]:
+        return set(await self.redis.command("SMEMBERS", self.keys.queues) or [])
+
+    async def forget_delayed(self, queue: str, member: str) -> None:
+        await self.redis.command("ZREM", self.keys.delayed(queue), member)
+
+    async def ping(self) -> None:
+        await self.redis.command("PING")
+
+    # --- reconcile ----------------------------------------------------------------------------
+
+    async def clear_index(self, queues: Iterable[str]) -> None:
+        """Drop the ready and delayed index of these queues (a full rebuild refills them from
+        Postgres); leases in the processing sets are kept."""
+        cmds = [["DEL", *self.keys.ready_all(q), self.keys.delayed(q)] for q in sorted(queues)]
+        if cmds:
+            await self.redis.pipeline(cmds)
+
+    async def restore(self, queues: Iterable[str], paused: Iterable[str], *, rebuilt: bool) -> None:
+        """Restore the queue set and the pause flags. After a full rebuild (`rebuilt`) the flags
+        are replaced and the epoch marker set; otherwise flags are only added: a resume racing
+        the read of Postgres must not be undone."""
+        cmds: list[list[Any]] = [["DEL", self.keys.paused]] if rebuilt else []
+        paused = sorted(paused)
+        if paused:
+            cmds.append(["SADD", self.keys.paused, *paused])
+        queues = sorted(queues)
+        if queues:
+            cmds.append(["SADD", self.keys.queues, *queues])
+        if rebuilt:
+            cmds.append(["SET", self.keys.epoch, secrets.token_hex(8)])
+        if cmds:
+            await self.redis.pipeline(cmds)
 
     async def indexed_ids(self, queue: str) -> set[int]:
         """Every job id Redis holds for a queue (ready, delayed, processing): the periodic
@@ -146,8 +278,10 @@ class Broker:
         cmds += [["ZRANGE", self.keys.delayed(queue), 0, -1], ["ZRANGE", self.keys.processing(queue), 0, -1]]
         ids: set[int] = set()
         for members in await self.redis.pipeline(cmds):
-            ids.update(_id(m) for m in members or [])
+            ids.update(member_id(m) for m in members or [])
         return ids
+
+    # --- metrics ------------------------------------------------------------------------------
 
     async def ready_depths(self, queues: list[str]) -> dict[str, dict[str, int]]:
         """LLEN per priority, ZCARD delayed and processing, for every queue, in one pipeline."""
@@ -166,5 +300,15 @@ class Broker:
         return out
 
 
-def _id(member: str) -> int:
-    return int(member.split("|", 1)[0].rsplit(":", 1)[1])
+def _age_key(member: str) -> tuple[int, int]:
+    """(enqueued ms, id) of a member: the order in which a ready list pops them."""
+    _, ms, jid = member.split(":")
+    return int(ms), int(jid)
+
+
+def _expiry(interval_ms: int) -> int:
+    return max(1, interval_ms) + TURN_EXPIRY_SLACK_MS
+
+
+def _turn_taken(reply: Any) -> list[bool]:
+    return [int(x or 0) == 1 for x in (reply or [])]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 import signal
@@ -36,8 +35,11 @@ async def _with_engine(fn: Callable[[Any], Awaitable[Any]]) -> Any:
 
 
 async def _worker(args: argparse.Namespace) -> int:
-    """A long-running loop over the same drain: sleeps only when idle; on SIGTERM/SIGINT it stops
-    claiming, lets running jobs finish within their timeout, and releases what it has not started."""
+    """A long-running loop over the same drain (jobqueue/worker.py): sleeps only when idle; on
+    SIGTERM/SIGINT it stops claiming, lets running jobs finish within their timeout, records every
+    outcome and releases what it has not started."""
+    from .worker import run_worker
+
     settings = Settings()
     jq = _engine(settings)
     stop = asyncio.Event()
@@ -45,13 +47,9 @@ async def _worker(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     log = logging.getLogger("jobqueue.worker")
-    log.info("worker started (prefix %s, batch %d)", settings.prefix, settings.batch_size)
+    log.info("worker started (prefix %s, concurrency %d)", settings.prefix, settings.concurrency)
     try:
-        while not stop.is_set():
-            report = await jq.drain(args.budget, stop=stop)
-            if report.claimed == 0 and not report.more:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=args.idle_sleep)
+        await run_worker(jq, stop=stop, budget_s=args.budget, idle_s=args.idle_sleep)
     finally:
         await jq.close()
     log.info("worker stopped")
@@ -125,7 +123,9 @@ async def _run(args: argparse.Namespace) -> int:
         row, created = await _with_engine(lambda jq: jq.enqueue(req))
         _print({"created": created, "job": view(row)})
     elif cmd == "drain":
-        report = await _with_engine(lambda jq: jq.drain(args.budget))
+        from .worker import drain_once
+
+        report = await _with_engine(lambda jq: drain_once(jq, args.budget))
         _print(report.as_dict())
     elif cmd == "worker":
         return await _worker(args)

@@ -159,15 +159,14 @@ def build_engine(services: Services) -> Any:
 
 
 class Tick:
-    """Drains once a second, or at once when kicked; never two drains at a time."""
+    """Drains once a second, or at once when kicked; never two drains at a time (the same loop as
+    `jobqueue worker`, jobqueue/worker.py)."""
 
     def __init__(self, jq: Any, interval_s: float = TICK_S) -> None:
         self.jq = jq
         self.interval_s = interval_s
         self.wake = asyncio.Event()
         self.stop = asyncio.Event()
-        self.draining = False
-        self._last_error: str | None = None
 
     async def kick(self) -> None:
         self.wake.set()
@@ -177,31 +176,20 @@ class Tick:
         self.wake.set()
 
     async def run(self) -> None:
-        while not self.stop.is_set():
-            # Cleared before the drain: a kick that lands while it runs triggers the next one.
-            self.wake.clear()
-            if await self._drain_once():
-                continue  # the budget ran out with work left: go again at once
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), self.interval_s)
+        from jobqueue.worker import run_worker
 
-    async def _drain_once(self) -> bool:
-        self.draining = True
-        try:
-            report = await self.jq.drain(self.jq.settings.budget_s, stop=self.stop)
-        except Exception as e:
-            # One line per distinct failure, not one a second while Postgres is down.
-            msg = e.message if isinstance(e, JobQueueError) else f"{type(e).__name__}: {e}"
-            if msg != self._last_error:
-                log.warning("tick: drain failed: %s", msg)
-                self._last_error = msg
-            return False
-        finally:
-            self.draining = False
-        if self._last_error is not None:
-            log.info("tick: drains work again")
-            self._last_error = None
-        if report.claimed or report.recovered or report.reconciled:
+        await run_worker(
+            self.jq,
+            stop=self.stop,
+            budget_s=self.jq.settings.budget_s,
+            idle_s=self.interval_s,
+            wake=self.wake,
+            on_report=self._log,
+        )
+
+    @staticmethod
+    def _log(report: Any) -> None:
+        if not report.idle:
             log.info(
                 "tick: claimed %d, completed %d, retried %d, failed %d, released %d (%d ms)",
                 report.claimed,
@@ -211,7 +199,6 @@ class Tick:
                 report.released,
                 report.duration_ms,
             )
-        return bool(report.more)
 
 
 def banner(services: Services, url: str) -> str:
@@ -274,8 +261,7 @@ async def serve(services: Services, host: str, port: int) -> int:
         await server.serve()
     finally:
         announcer.cancel()
-        if tick.draining:
-            print("stopping: letting the current drain finish (Ctrl-C again to abandon it)", flush=True)
+        print("stopping: letting the current drain finish (Ctrl-C again to abandon it)", flush=True)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, ticker.cancel)
@@ -288,7 +274,7 @@ async def serve(services: Services, host: str, port: int) -> int:
 
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    # Every idle tick would log its drain report once a second; the tick logs busy drains itself.
+    # The tick logs busy drains itself, one line each.
     logging.getLogger("jobqueue.drain").setLevel(logging.WARNING)
     logging.getLogger("pgserver").setLevel(logging.WARNING)  # it logs every initdb/pg_ctl line
     host = os.environ.get("HOST", "127.0.0.1")

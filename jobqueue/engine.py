@@ -1,5 +1,6 @@
-"""`JobQueue`: the engine's front door. Enqueue, read, and the operator actions; `drain()` lives in
-drain.py and `reconcile` in reconcile.py, both reached from here."""
+"""`JobQueue`: the engine's front door. Enqueue, read, and the operator actions; the drain lives in
+jobqueue/drain/ and reconcile in reconcile.py, both reached from here. It talks to Postgres only
+through the store's named statements and to Redis only through the broker's operations."""
 
 from __future__ import annotations
 
@@ -13,18 +14,21 @@ import orjson
 
 from .broker import Broker, job_member
 from .clock import Clock, iso
+from .drain import DrainReport, DrainState
 from .errors import ConfigurationError, InvalidJob, InvalidState, JobNotFound, PayloadTooLarge, RedisUnavailable
 from .keys import Keys
-from .models import STATUSES, JobRequest, JobView
+from .models import STATUSES, Backoff, JobRequest, JobView
 from .registry import Registry
 from .settings import Settings
 from .store import Row, Store
 from .transports import RedisPyTransport, RedisTransport, UpstashTransport
-from .validation import check_id, encode_payload, parse_request
+from .validation import check_id, encode_payload, like_pattern, parse_request, search_id
 
 log = logging.getLogger("jobqueue")
 
 MAX_BATCH = 1000
+DEFAULT_MAX_ATTEMPTS = 3
+DEFAULT_BACKOFF = Backoff()
 
 
 def transport_from_settings(s: Settings) -> RedisTransport:
@@ -50,14 +54,13 @@ class JobQueue:
         self.broker = Broker(redis, self.keys)
         self.registry = registry
         self.clock = clock or Clock()
-        self.queues: set[str] = set(registry.queues)  # grows as the claim script reports more
-        # Set when a push failed after its insert: the next drain in this process reconciles.
-        self.needs_reconcile = False
-        self._rotation = 0
-        # Called (awaited) when an enqueue wins the kick debounce; see api/_kick.py.
+        # What this process's drains share: the queues they know, their rotation, and whether a
+        # push failed here (the drain owns it; see drain/state.py).
+        self.dispatch = DrainState(registry.queues)
+        # Called (awaited) when an enqueue wins the kick debounce; see web/kick.py.
         self.kicker: Callable[[], Awaitable[None]] | None = None
-        # Awaited after every drain with (engine, report): housekeeping, alerts. See drain.py.
-        self.drain_hooks: list[Callable[[JobQueue, Any], Awaitable[None]]] = []
+        # Awaited after every drain with (engine, report): housekeeping, alerts. See drain/loop.py.
+        self.drain_hooks: list[Callable[[JobQueue, DrainReport], Awaitable[None]]] = []
 
     @classmethod
     def from_settings(
@@ -79,16 +82,14 @@ class JobQueue:
         jq.drain_hooks += [housekeeping_hook, alerts_hook]
         return jq
 
-    def queue_order(self) -> list[str]:
-        """The queues for the next claim, starting one further along each time: the claim fills
-        its batch from the first queues it visits, so a fixed order would let one busy queue
-        starve every queue after it."""
-        queues = sorted(self.queues)
-        self._rotation = (self._rotation + 1) % max(1, len(queues))
-        return queues[self._rotation :] + queues[: self._rotation]
+    @property
+    def queues(self) -> set[str]:
+        """Every queue this process knows of."""
+        return self.dispatch.queues
 
     @property
     def redis(self) -> RedisTransport:
+        """The transport, for its request counter (commands go through `broker`)."""
         return self.broker.redis
 
     async def close(self) -> None:
@@ -119,16 +120,16 @@ class JobQueue:
             run_at = max(req.run_at, now)
         else:
             run_at = now
-        backoff = req.backoff or jt.backoff
+        backoff = req.backoff or jt.backoff or DEFAULT_BACKOFF
         # The columns both the INSERT document and the locally rebuilt row carry.
         columns = {
             "queue": req.queue or jt.queue,
             "type": req.type,
             "status": "scheduled" if run_at > now else "pending",
             "priority": req.priority,
-            "max_attempts": req.max_attempts or jt.max_attempts,
+            "max_attempts": req.max_attempts or jt.max_attempts or DEFAULT_MAX_ATTEMPTS,
             "backoff": backoff.model_dump(),
-            "timeout_ms": req.timeout_ms or jt.timeout_ms,
+            "timeout_ms": req.timeout_ms or jt.timeout_ms or self.settings.default_timeout_ms,
             "idempotency_key": req.idempotency_key,
         }
         return {
@@ -143,6 +144,11 @@ class JobQueue:
     async def enqueue(self, req: JobRequest | dict[str, Any]) -> tuple[Row, bool]:
         """Enqueue one job. Returns (row, created); created is False for a repeated idempotency key."""
         return (await self._enqueue_prepared([self._prepare(req)]))[0]
+
+    async def enqueue_from_handler(self, req: JobRequest | dict[str, Any]) -> JobView:
+        """`ctx.enqueue` in a handler: a follow-up job, answered as the API shows it."""
+        row, _ = await self.enqueue(req)
+        return JobView.from_row(row)
 
     async def enqueue_many(self, reqs: Sequence[JobRequest | dict[str, Any]]) -> list[tuple[Row, bool]]:
         """All-or-nothing: every request is validated before anything is written; then one INSERT
@@ -212,17 +218,15 @@ class JobQueue:
     async def _dispatch(self, rows: list[Row]) -> None:
         """Index new rows in Redis. A failure here loses nothing: the rows are in Postgres and
         the next reconcile indexes them (in this process, the very next drain)."""
-        extra: list[list[Any]] = []
         want_kick = self.kicker is not None and any(r["status"] == "pending" for r in rows)
-        if want_kick:
-            extra.append(["SET", self.keys.kick, "1", "NX", "PX", max(1, self.settings.kick_interval_ms)])
+        kick = (self.clock.ms(), self.settings.kick_interval_ms) if want_kick else None
         try:
-            res = await self.broker.push(rows, extra)
+            won = await self.broker.push(rows, kick=kick)
         except RedisUnavailable as e:
-            self.needs_reconcile = True
+            self.dispatch.needs_reconcile = True
             log.warning("enqueue: jobs stored but not indexed in Redis (reconcile will): %s", e.message)
             return
-        if want_kick and res and res[-1] in ("OK", True) and self.kicker is not None:  # raw or redis-py
+        if won and self.kicker is not None:
             try:
                 await self.kicker()
             except Exception as e:  # a kick is an optimisation; cron still drains
@@ -246,34 +250,40 @@ class JobQueue:
         limit: int = 50,
         cursor: int | None = None,
     ) -> tuple[list[Row], int | None]:
-        """Newest first, keyset-paged on id. `cursor` is the last id of the previous page."""
+        """Newest first, keyset-paged on id. `cursor` is the last id of the previous page.
+        `search` matches an id, an idempotency key or a type exactly, or text in the payload."""
         if status is not None and status not in STATUSES:
             raise InvalidJob(f"unknown status {status!r}", field="status")
         if not 1 <= limit <= 200:
             raise InvalidJob("limit must be between 1 and 200", field="limit")
-        where: list[str] = []
-        args: list[Any] = []
-        for col, val in (("status", status), ("queue", queue), ("type", type)):
-            if val is not None:
-                args.append(val)
-                where.append(f"{col} = ${len(args)}")
-        if cursor is not None:
-            args.append(cursor)
-            where.append(f"id < ${len(args)}")
-        if search:
-            args.append(search)
-            n = len(args)
-            cond = f"idempotency_key = ${n} OR type = ${n} OR payload::text ILIKE '%' || ${n} || '%'"
-            if search.isdigit() and len(search) < 19:
-                cond = f"id = {int(search)} OR " + cond
-            where.append(f"({cond})")
-        args.append(limit + 1)
-        sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
-        sql += f" ORDER BY id DESC LIMIT ${len(args)}"
-        rows = await self.store.fetch_sql(sql, *args)
+        search = search or None
+        args: list[Any] = [
+            queue,
+            type,
+            cursor,
+            search,
+            search_id(search) if search else None,
+            like_pattern(search) if search else None,
+            limit + 1,
+        ]
+        if status is None:
+            rows = await self.store.fetch("list_jobs", *args)
+        else:
+            rows = await self.store.fetch("list_jobs_by_status", *args, status)
         more = len(rows) > limit
         rows = rows[:limit]
         return rows, (rows[-1]["id"] if more and rows else None)
+
+    async def hourly_outcomes(self, since: datetime, until: datetime) -> list[Row]:
+        """Completed and failed jobs per queue and whole hour before `until` (the dashboard's charts)."""
+        return await self.store.fetch("hourly_outcomes", since, until)
+
+    async def failed_count(
+        self, queue: str | None, type: str | None, finished_before: datetime | None, cap: int
+    ) -> int:
+        """Dead-lettered jobs matching the filter, counted up to `cap`."""
+        rows = await self.store.fetch("failed_count", queue, type, finished_before, cap)
+        return int(rows[0]["n"])
 
     async def queue_counts(self) -> dict[str, dict[str, Any]]:
         rows = await self.store.fetch("queue_counts")
@@ -297,7 +307,7 @@ class JobQueue:
         # A cancelled id left in Redis is dropped when popped; a delayed one would sit in its
         # sorted set until its due time, so remove it now (best effort: the claim still drops it).
         with contextlib.suppress(RedisUnavailable):
-            await self.redis.command("ZREM", self.keys.delayed(row["queue"]), job_member(row))
+            await self.broker.forget_delayed(row["queue"], job_member(row))
         return row
 
     async def retry(self, job_id: int) -> Row:
@@ -345,19 +355,24 @@ class JobQueue:
         # Postgres first: it is the durable copy that reconcile restores Redis from.
         await self.store.fetch("set_paused", queue, paused, self.clock.now())
         await self.broker.set_paused(queue, paused)
-        self.queues.add(queue)
+        self.dispatch.queues.add(queue)
 
     # --- drain and reconcile (delegated) ------------------------------------------------------
 
-    async def drain(self, budget_s: float | None = None, **kw: Any) -> Any:
+    async def drain(self, budget_s: float | None = None, **kw: Any) -> DrainReport:
         from .drain import drain
 
         return await drain(self, self.settings.budget_s if budget_s is None else budget_s, **kw)
 
     async def reconcile(self, *, full: bool = False, fresh_s: float | None = None) -> dict[str, int]:
-        from .reconcile import FRESH_S, reconcile
+        from .reconcile import reconcile
 
-        return await reconcile(self, full=full, fresh_s=FRESH_S if fresh_s is None else fresh_s)
+        return await reconcile(self.store, self.broker, self.dispatch, self.clock, full=full, fresh_s=fresh_s)
+
+    async def ping(self) -> None:
+        """Both dependencies answer (the health route)."""
+        await self.store.ping()
+        await self.broker.ping()
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -77,6 +77,13 @@ class PostgresUnavailable(Unavailable):
         super().__init__("postgres", message)
 
 
+class StatementFailed(JobQueueError):
+    """Postgres refused a statement."""
+
+    # Raised by the store for errors of the statement itself (a value it cannot store, a
+    # constraint), as opposed to PostgresUnavailable: retrying the same statement cannot help.
+
+
 class ConfigurationError(JobQueueError):
     """The configuration is invalid."""
 

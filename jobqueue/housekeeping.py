@@ -4,10 +4,10 @@
 JOBQUEUE_RETAIN_COMPLETED_DAYS ago and failed ones older than JOBQUEUE_RETAIN_FAILED_DAYS.
 Cancelled jobs are kept (nothing asks for their removal yet).
 
-- Rare: at most once per JOBQUEUE_HOUSEKEEPING_INTERVAL_S, decided by one small script on a Redis
-  marker holding the next due time in ms of the engine's clock (like the claim script's reconcile
-  marker), so tests move a FakeClock instead of sleeping, and two drains racing for it cannot both
-  win. An idle drain skips it without any I/O (DESIGN.md invariant 5).
+- Rare: at most once per JOBQUEUE_HOUSEKEEPING_INTERVAL_S, decided by a turn on a Redis marker
+  holding the next due time in ms of the engine's clock (`Broker.take_turn`, like the claim
+  script's reconcile marker), so tests move a FakeClock instead of sleeping, and two drains racing
+  for it cannot both win. An idle drain skips it without any I/O (DESIGN.md invariant 5).
 - Bounded: at most MAX_CHUNKS `retention` statements of CHUNK rows per run, so a drain is never
   held up for long. When a run ends with old rows left (a backlog after a long outage, or more than
   MAX_CHUNKS * CHUNK jobs finishing per interval), the marker is reset to "due now": the next busy
@@ -22,8 +22,6 @@ from dataclasses import asdict, dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from .transports import Script
-
 if TYPE_CHECKING:
     from .drain import DrainReport
     from .engine import JobQueue
@@ -32,23 +30,6 @@ log = logging.getLogger("jobqueue.housekeeping")
 
 CHUNK = 1000
 MAX_CHUNKS = 5
-
-DUE = Script(
-    "housekeeping_due",
-    """
--- Is housekeeping due? Takes the turn atomically, so racing drains cannot both run it.
--- KEYS[1]  the next due time in ms of the caller's clock; missing means due now
--- ARGV[1]  now in ms
--- ARGV[2]  interval in ms
--- Returns 1 (and moves the due time to now + interval) when due, else 0. Commands: GET (+ SET).
-local now = tonumber(ARGV[1])
-if now < tonumber(redis.call("GET", KEYS[1]) or "0") then
-  return 0
-end
-redis.call("SET", KEYS[1], now + tonumber(ARGV[2]))
-return 1
-""",
-)
 
 
 @dataclass
@@ -81,13 +62,12 @@ async def retention(jq: JobQueue, *, chunk: int = CHUNK, max_chunks: int = MAX_C
 async def housekeep(jq: JobQueue) -> Retention | None:
     """Run retention if its turn has come; None when it had not (one Redis request)."""
     interval_ms = jq.settings.housekeeping_interval_s * 1000
-    due = await jq.redis.script(DUE, [jq.keys.housekeeping], [jq.clock.ms(), interval_ms])
-    if not int(due or 0):
+    if not await jq.broker.take_turn(jq.keys.housekeeping, jq.clock.ms(), interval_ms):
         return None
     done = await retention(jq, chunk=CHUNK, max_chunks=MAX_CHUNKS)
     if done.more:
         # Due again on the next busy drain rather than a whole interval later (see the docstring).
-        await jq.redis.command("SET", jq.keys.housekeeping, jq.clock.ms())
+        await jq.broker.reset_turn(jq.keys.housekeeping, jq.clock.ms())
     log.info(json.dumps({"event": "housekeeping", **asdict(done)}))
     return done
 

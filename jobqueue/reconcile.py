@@ -18,93 +18,82 @@ from __future__ import annotations
 import logging
 import secrets
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
-
-from .transports import Script
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .engine import JobQueue
+    from .broker import Broker
+    from .clock import Clock
+    from .drain.state import DrainState
+    from .store import Store
 
 log = logging.getLogger("jobqueue.reconcile")
 
 PAGE = 5000
 FRESH_S = 10
 LOCK_MS = 120_000
-UNLOCK = Script.load("unlock")
 
 
-async def reconcile(jq: JobQueue, *, full: bool = False, fresh_s: float = FRESH_S) -> dict[str, int]:
-    keys = jq.keys
+async def reconcile(
+    store: Store, broker: Broker, state: DrainState, clock: Clock, *, full: bool = False, fresh_s: float | None = None
+) -> dict[str, int]:
     # One reconcile at a time across all drains; the lock expires if its holder dies, and only
     # its owner releases it (a holder that overran the expiry must not free a later holder's).
     owner = secrets.token_hex(8)
-    got = await jq.redis.command("SET", keys.reconcile_lock, owner, "NX", "PX", LOCK_MS)
-    if not got:  # nil (raw reply) or False/None (redis-py's SET callback)
+    if not await broker.try_lock(broker.keys.reconcile_lock, owner, LOCK_MS):
         return {"restored": 0, "skipped": 1}
     try:
-        restored = await (_full(jq) if full else _periodic(jq, fresh_s))
+        if full:
+            restored = await _full(store, broker, state)
+        else:
+            restored = await _periodic(store, broker, state, clock, FRESH_S if fresh_s is None else fresh_s)
     finally:
-        await jq.redis.script(UNLOCK, [keys.reconcile_lock], [owner])
+        await broker.unlock(broker.keys.reconcile_lock, owner)
     if restored:
         log.warning("reconcile (%s) restored %d job(s) to Redis", "full" if full else "periodic", restored)
     return {"restored": restored, "skipped": 0}
 
 
-async def _full(jq: JobQueue) -> int:
+async def _full(store: Store, broker: Broker, state: DrainState) -> int:
     # Clear the ready and delayed index first, then read Postgres: an enqueue that pushed before
     # the DEL committed its row before it, so the read below sees it; one that pushes after the
     # DEL is indexed by its own push (and maybe again here, which is harmless). In-flight leases
     # in the processing sets are kept.
-    known = sorted(jq.queues | set(await jq.redis.command("SMEMBERS", jq.keys.queues) or []))
-    if known:
-        await jq.redis.pipeline([["DEL", *jq.keys.ready_all(q), jq.keys.delayed(q)] for q in known])
+    await broker.clear_index(state.queues | await broker.known_queues())
     restored, after = 0, 0
     while True:
-        rows = await jq.store.fetch("active_jobs", None, after, PAGE)
+        rows = await store.fetch("active_jobs", None, after, PAGE)
         if not rows:
             break
         after = rows[-1]["id"]
-        await jq.broker.push(rows)
-        jq.queues |= {r["queue"] for r in rows}
+        await broker.push(rows)
+        state.queues |= {r["queue"] for r in rows}
         restored += len(rows)
-    queues = await jq.store.fetch("queues")
-    cmds = [["DEL", jq.keys.paused]]
-    paused = [q["name"] for q in queues if q["paused"]]
-    if paused:
-        cmds.append(["SADD", jq.keys.paused, *paused])
-    if jq.queues:
-        cmds.append(["SADD", jq.keys.queues, *sorted(jq.queues)])
-    cmds.append(["SET", jq.keys.epoch, secrets.token_hex(8)])
-    await jq.redis.pipeline(cmds)
+    paused = [q["name"] for q in await store.fetch("queues") if q["paused"]]
+    await broker.restore(state.queues, paused, rebuilt=True)
     return restored
 
 
-async def _periodic(jq: JobQueue, fresh_s: float) -> int:
+async def _periodic(store: Store, broker: Broker, state: DrainState, clock: Clock, fresh_s: float) -> int:
     # Redis' small sets first: a queue with unfinished rows that no process knows of (its name
     # evicted from the queue set, never in a registry) would otherwise never be drained, and a
     # lost pause flag would let a paused queue run. Pause flags are only added here, never
     # removed: a resume racing this read must not be undone (the full rebuild resets them).
-    active = {r["queue"] for r in await jq.store.fetch("active_queues")}
-    paused = [q["name"] for q in await jq.store.fetch("queues") if q["paused"]]
-    jq.queues |= active
-    cmds: list[list[Any]] = []
-    if jq.queues:
-        cmds.append(["SADD", jq.keys.queues, *sorted(jq.queues)])
-    if paused:
-        cmds.append(["SADD", jq.keys.paused, *paused])
-    await jq.redis.pipeline(cmds)
+    active = {r["queue"] for r in await store.fetch("active_queues")}
+    paused = [q["name"] for q in await store.fetch("queues") if q["paused"]]
+    state.queues |= active
+    await broker.restore(state.queues, paused, rebuilt=False)
     restored = 0
-    fresh = jq.clock.now() - timedelta(seconds=fresh_s)
+    fresh = clock.now() - timedelta(seconds=fresh_s)
     for queue in sorted(active):
-        indexed = await jq.broker.indexed_ids(queue)
+        indexed = await broker.indexed_ids(queue)
         after = 0
         while True:
-            rows = await jq.store.fetch("active_jobs", queue, after, PAGE)
+            rows = await store.fetch("active_jobs", queue, after, PAGE)
             if not rows:
                 break
             after = rows[-1]["id"]
             missing = [r for r in rows if r["id"] not in indexed and r["created_at"] <= fresh]
             if missing:
-                await jq.broker.push(missing)
+                await broker.push(missing)
                 restored += len(missing)
     return restored

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
@@ -48,9 +48,10 @@ class JobType:
     handler: Handler
     model: type[BaseModel] | None = None
     queue: str = "default"
-    max_attempts: int = 3
-    backoff: Backoff = field(default_factory=Backoff)
-    timeout_ms: int = 30_000
+    # None: the queue's default, else the engine's (3 attempts, Backoff(), JOBQUEUE_DEFAULT_TIMEOUT_MS).
+    max_attempts: int | None = None
+    backoff: Backoff | None = None
+    timeout_ms: int | None = None
 
     def validate(self, payload: dict[str, Any]) -> BaseModel | dict[str, Any]:
         """Validate an untrusted payload; the error names the offending field."""
@@ -79,14 +80,14 @@ class Blueprint:
         *,
         model: type[BaseModel] | None = None,
         queue: str = "default",
-        max_attempts: int = 3,
+        max_attempts: int | None = None,
         backoff: Backoff | None = None,
-        timeout_ms: int = 30_000,
+        timeout_ms: int | None = None,
     ) -> Callable[[Handler], Handler]:
         def register(fn: Handler) -> Handler:
             if any(t.name == name for t in self.types):
                 raise DuplicateJobType(f"job type {name!r} is defined twice")
-            self.types.append(JobType(name, fn, model, queue, max_attempts, backoff or Backoff(), timeout_ms))
+            self.types.append(JobType(name, fn, model, queue, max_attempts, backoff, timeout_ms))
             return fn
 
         return register

@@ -38,10 +38,16 @@ class Settings(BaseSettings):
     registry: str = Field(default="jobqueue.builtins:default_registry", validation_alias="JOBQUEUE_REGISTRY")
     prefix: str = Field(default="jq", validation_alias="JOBQUEUE_PREFIX", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     batch_size: int = Field(default=500, ge=1, le=1000, validation_alias="JOBQUEUE_BATCH_SIZE")
-    concurrency: int = Field(default=500, ge=1, le=5000, validation_alias="JOBQUEUE_CONCURRENCY")
-    # Batch loops one drain runs side by side once a claim comes back full (see drain.py).
-    drain_lanes: int = Field(default=2, ge=1, le=8, validation_alias="JOBQUEUE_DRAIN_LANES")
+    # Jobs one drain runs at once (its slots), and the share of them one queue may hold, so a
+    # queue of slow jobs cannot take every slot (drain/loop.py).
+    concurrency: int = Field(default=1000, ge=1, le=5000, validation_alias="JOBQUEUE_CONCURRENCY")
+    queue_share: float = Field(default=0.75, gt=0, le=1, validation_alias="JOBQUEUE_QUEUE_SHARE")
+    # A lease is the job's timeout plus this; a dead drain's jobs come back that long after
+    # their timeout at the latest (drain/leases.py).
     lease_grace_ms: int = Field(default=5000, ge=0, validation_alias="JOBQUEUE_LEASE_GRACE_MS")
+    heartbeat_ms: int = Field(default=1000, ge=10, le=60_000, validation_alias="JOBQUEUE_HEARTBEAT_MS")
+    # How long the recorder lets a group of outcomes fill before writing it (drain/recorder.py).
+    record_linger_ms: float = Field(default=5, ge=0, le=1000, validation_alias="JOBQUEUE_RECORD_LINGER_MS")
     # Not switchable off: it is what indexes a job whose push failed in a process that then
     # went away (a flushed Redis is caught by the epoch marker whatever this says).
     reconcile_interval_s: int = Field(default=300, ge=10, validation_alias="JOBQUEUE_RECONCILE_INTERVAL_S")

@@ -1,4 +1,7 @@
-"""The Postgres side: a narrow port that runs named statements (jobqueue/sql/queries.sql) on asyncpg.
+"""The Postgres adapter: a narrow port that runs named statements (jobqueue/sql/queries.sql) on
+asyncpg and returns plain dicts. No SQL lives anywhere else (a test checks), and no asyncpg error
+leaves this module: connectivity failures become `PostgresUnavailable`, errors of a statement
+itself `StatementFailed`.
 
 Connections are safe behind a transaction-mode pooler (Neon's `-pooler` host, PgBouncer):
 `statement_cache_size=0`, so no named prepared statement outlives its transaction; and the pool is
@@ -21,7 +24,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import asyncpg
 import orjson
 
-from .errors import PostgresUnavailable
+from .errors import PostgresUnavailable, StatementFailed
 
 Row = dict[str, Any]
 
@@ -161,12 +164,13 @@ class Store:
                 yield conn
         except _DOWN as e:
             raise PostgresUnavailable(f"postgres: {type(e).__name__}: {e}") from e
+        except asyncpg.PostgresError as e:
+            raise StatementFailed(f"postgres refused a statement: {type(e).__name__}: {e}") from e
 
     async def fetch(self, name: str, *args: Any) -> list[Row]:
-        return await self.fetch_sql(QUERIES[name], *args)
-
-    async def fetch_sql(self, sql: str, *args: Any) -> list[Row]:
+        """Run the named statement; its rows as dicts."""
         self.statements += 1
+        sql = QUERIES[name]
         async with self.connection() as conn:
             try:
                 rows = await conn.fetch(sql, *args)

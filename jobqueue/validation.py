@@ -50,3 +50,19 @@ def parse_model(model: type[M], data: Any, error: type[InvalidJob] = InvalidJob)
 def parse_request(data: Any) -> JobRequest:
     """Validate an untrusted enqueue request."""
     return parse_model(JobRequest, data)
+
+
+ID_SEARCH = re.compile(r"[0-9]{1,18}")
+
+
+def search_id(term: str) -> int | None:
+    """The job id a search term stands for: ASCII digits only (`str.isdigit()` also accepts '²'
+    and '①', which `int()` refuses), at most 18 of them (any such number is a valid bigint)."""
+    return int(term) if ID_SEARCH.fullmatch(term) else None
+
+
+def like_pattern(term: str) -> str:
+    """An ILIKE pattern (ESCAPE '\\') matching `term` anywhere, its own wildcards taken literally:
+    a search for '%' finds a percent sign, not every job."""
+    escaped = term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"

@@ -1,6 +1,6 @@
 -- claim.lua: one request per batch. For each queue that is not paused: promote due delayed
--- members to their ready lists, take expired leases back (recovery), pop up to the limit across
--- priorities (highest first, FIFO within one), and record a lease for every member taken.
+-- members to their ready lists, take expired leases back (recovery), pop up to that queue's limit
+-- across priorities (highest first, FIFO within one), and record a lease for every member taken.
 --
 -- KEYS[1]  SET of queue names (returned so the caller can discover queues it does not know)
 -- KEYS[2]  SET of paused queue names
@@ -11,10 +11,12 @@
 --   +2 .. +11 ready lists for priority 9 down to 0
 -- ARGV[1]  now in ms
 -- ARGV[2]  maximum number of members to take in all
--- ARGV[3]  lease deadline in ms for the members taken
+-- ARGV[3]  lease deadline in ms for the members taken (provisional: the drain moves it to each
+--          job's own lease once Postgres has granted it, see drain/leases.py)
 -- ARGV[4]  lease token (appended to members in the processing set as "|token")
 -- ARGV[5]  periodic reconcile interval in ms (0 = never)
--- ARGV[6 ..] queue names, one per 12-key group
+-- ARGV[6 ..] pairs: queue name, the most this queue may give (its free share of the drain's
+--          slots), one pair per 12-key group
 --
 -- Returns {flags, known_queues, q1, {members...}, {recovered...}, q2, ...}
 --   flags: "E" when the epoch marker is missing (then nothing is taken), "R" when a periodic
@@ -45,9 +47,10 @@ local paused = {}
 for _, q in ipairs(redis.call("SMEMBERS", KEYS[2])) do paused[q] = true end
 local out = {flags, redis.call("SMEMBERS", KEYS[1])}
 
-local nqueues = #ARGV - 5
+local nqueues = (#ARGV - 5) / 2
 for i = 0, nqueues - 1 do
-  local queue = ARGV[6 + i]
+  local queue = ARGV[6 + 2 * i]
+  local qlimit = math.min(tonumber(ARGV[7 + 2 * i]), limit)
   local base = 5 + 12 * i
   if not paused[queue] then
     local delayed, processing = KEYS[base], KEYS[base + 1]
@@ -65,12 +68,13 @@ for i = 0, nqueues - 1 do
         redis.call("RPUSH", KEYS[base + 2 + (9 - p)], unpack(ms))
       end
     end
-    -- Recover expired leases: the worker that held them is gone or late. (Promotion above runs
-    -- whatever the limit, so due jobs reach their lists even while other queues fill the batch.)
+    -- Recover expired leases: the worker that held them is gone or late (Postgres decides: a
+    -- lease still valid there is handed back to its holder by the caller). Promotion above runs
+    -- whatever the limit, so due jobs reach their lists even while this queue has no room.
     local recovered = {}
     local expired = {}
-    if limit > 0 then
-      expired = redis.call("ZRANGEBYSCORE", processing, "-inf", now, "LIMIT", 0, limit)
+    if qlimit > 0 then
+      expired = redis.call("ZRANGEBYSCORE", processing, "-inf", now, "LIMIT", 0, qlimit)
     end
     if #expired > 0 then
       redis.call("ZREM", processing, unpack(expired))
@@ -78,7 +82,7 @@ for i = 0, nqueues - 1 do
         local bar = string.find(m, "|", 1, true)
         table.insert(recovered, bar and string.sub(m, 1, bar - 1) or m)
       end
-      limit = limit - #expired
+      qlimit = qlimit - #expired
     end
     -- Pop across priorities: LMPOP takes up to COUNT from the first non-empty list only.
     local taken = {}
@@ -86,13 +90,14 @@ for i = 0, nqueues - 1 do
     local lmpop = {"LMPOP", 10}
     for p = 0, 9 do lmpop[3 + p] = KEYS[base + 2 + p] end
     lmpop[13] = "RIGHT"; lmpop[14] = "COUNT"
-    while limit > 0 do
-      lmpop[15] = limit
+    while qlimit > 0 do
+      lmpop[15] = qlimit
       local r = redis.call(unpack(lmpop))
       if not r then break end
       for _, m in ipairs(r[2]) do table.insert(taken, m) end
-      limit = limit - #r[2]
+      qlimit = qlimit - #r[2]
     end
+    limit = limit - #taken - #recovered
     if #taken + #recovered > 0 then
       local args = {}
       for _, m in ipairs(taken) do

@@ -26,14 +26,37 @@ JOIN unnest($1::text[], $2::text[]) AS k(queue, key) ON j.queue = k.queue AND j.
 -- One job by id.
 SELECT * FROM jobs WHERE id = $1;
 
+-- name: list_jobs
+-- A page of jobs, newest first, keyset-paged on id: optional $1 queue, $2 type, $3 cursor (ids
+-- below it) and $4 search term, which matches an idempotency key or a type exactly, the id $5
+-- (the term when it is a number), or payload text through $6 (an ILIKE pattern with the term's
+-- wildcards escaped); $7 limit. The status filter has its own query (its index leads with status).
+SELECT * FROM jobs
+WHERE ($1::text IS NULL OR queue = $1) AND ($2::text IS NULL OR type = $2) AND ($3::bigint IS NULL OR id < $3)
+  AND ($4::text IS NULL OR id = $5::bigint OR idempotency_key = $4 OR type = $4
+       OR payload::text ILIKE $6::text ESCAPE '\')
+ORDER BY id DESC LIMIT $7;
+
+-- name: list_jobs_by_status
+-- As list_jobs, for one status ($8), through the index on (status, id).
+SELECT * FROM jobs
+WHERE status = $8::text
+  AND ($1::text IS NULL OR queue = $1) AND ($2::text IS NULL OR type = $2) AND ($3::bigint IS NULL OR id < $3)
+  AND ($4::text IS NULL OR id = $5::bigint OR idempotency_key = $4 OR type = $4
+       OR payload::text ILIKE $6::text ESCAPE '\')
+ORDER BY id DESC LIMIT $7;
+
 -- name: claim
--- Grant the claims for popped ids: count the attempt and set the lease; fail rows whose lease
--- expired on their last attempt; report scheduled rows that are not due. Ids not returned are
--- dropped from Redis (gone, cancelled, finished, or leased by a live worker).
+-- Grant the claims for popped ids: count the attempt and set each job's own lease; fail rows whose
+-- lease expired on their last attempt; report scheduled rows that are not due ('defer') and rows
+-- another drain still holds ('held', with its token and deadline, so the caller hands the lease
+-- entry back). Ids not returned are dropped from Redis (gone, cancelled, finished, or being
+-- granted by a concurrent claim of a duplicate entry).
 -- $2 now, $3 lease token, $4 the drain's deadline, $5 grace ms, $6 now as ISO-8601 UTC text.
--- The lease runs to the drain's deadline plus grace, not to each job's own timeout: outcomes are
--- written for the whole batch at once, after the slowest job (or a job that waited for a
--- concurrency slot) ends, and every job's run is capped by that deadline.
+-- A lease runs to the job's own timeout plus the grace, capped by the drain's deadline plus the
+-- grace (no job runs past the drain's deadline); the drain's heartbeat extends the leases of the
+-- jobs it still holds, so a live drain's jobs are never recovered and a dead drain's come back
+-- within their timeout plus the grace.
 WITH cand AS (
     SELECT id, status, attempts, max_attempts, run_at
     FROM jobs
@@ -41,6 +64,10 @@ WITH cand AS (
       AND (status IN ('pending', 'scheduled') OR (status = 'processing' AND lease_expires_at <= $2::timestamptz))
     ORDER BY id
     FOR UPDATE SKIP LOCKED
+),
+held AS (
+    SELECT id, lease_token, lease_expires_at FROM jobs
+    WHERE id = ANY($1::bigint[]) AND status = 'processing' AND lease_expires_at > $2::timestamptz
 ),
 dead AS (
     UPDATE jobs j SET
@@ -58,7 +85,8 @@ run AS (
         status = 'processing',
         attempts = j.attempts + 1,
         lease_token = $3::text,
-        lease_expires_at = $4::timestamptz + make_interval(secs => $5::int / 1000.0),
+        lease_expires_at = LEAST($2::timestamptz + make_interval(secs => j.timeout_ms / 1000.0), $4::timestamptz)
+                           + make_interval(secs => $5::int / 1000.0),
         started_at = COALESCE(j.started_at, $2),
         history = (CASE WHEN c.status = 'processing' AND jsonb_array_length(j.history) > 0
                         THEN jsonb_set(j.history, ARRAY[(jsonb_array_length(j.history) - 1)::text],
@@ -71,24 +99,39 @@ run AS (
       AND NOT (c.status = 'processing' AND c.attempts >= c.max_attempts)
       AND NOT (c.status = 'scheduled' AND c.run_at > $2)
     RETURNING j.id, j.queue, j.type, j.payload, j.attempts, j.max_attempts, j.timeout_ms,
-              j.backoff::text AS backoff, j.priority, j.created_at, (c.status = 'processing') AS recovered
+              j.backoff::text AS backoff, j.priority, j.created_at, (c.status = 'processing') AS recovered,
+              j.lease_expires_at
 )
 SELECT 'run' AS kind, id, queue, type, payload, attempts, max_attempts, timeout_ms, backoff,
-       priority, created_at, recovered, NULL::timestamptz AS run_at, NULL::text AS error FROM run
+       priority, created_at, recovered, NULL::timestamptz AS run_at, NULL::text AS error,
+       NULL::text AS lease_token, lease_expires_at FROM run
 UNION ALL
-SELECT 'dead', id, queue, type, NULL, attempts, NULL, NULL, NULL::text, NULL, NULL, true, NULL, error FROM dead
+SELECT 'dead', id, queue, type, NULL, attempts, NULL, NULL, NULL::text, NULL, NULL, true, NULL, error, NULL, NULL
+FROM dead
 UNION ALL
-SELECT 'defer', id, NULL, NULL, NULL, NULL, NULL, NULL, NULL::text, NULL, NULL, false, run_at, NULL
-FROM cand WHERE status = 'scheduled' AND run_at > $2;
+SELECT 'defer', id, NULL, NULL, NULL, NULL, NULL, NULL, NULL::text, NULL, NULL, false, run_at, NULL, NULL, NULL
+FROM cand WHERE status = 'scheduled' AND run_at > $2
+UNION ALL
+SELECT 'held', id, NULL, NULL, NULL, NULL, NULL, NULL, NULL::text, NULL, NULL, false, NULL, NULL, lease_token,
+       lease_expires_at
+FROM held;
+
+-- name: extend_leases
+-- Heartbeat: move the leases a drain still holds to later deadlines (never earlier); only the
+-- holder of each lease (its token) may. Returns the ids that are still held, with their deadline.
+UPDATE jobs j SET lease_expires_at = GREATEST(j.lease_expires_at, l.until)
+FROM unnest($1::bigint[], $2::text[], $3::timestamptz[]) AS l(id, token, until)
+WHERE j.id = l.id AND j.status = 'processing' AND j.lease_token = l.token
+RETURNING j.id, j.lease_expires_at;
 
 -- name: finish
--- Record every outcome of a batch in one statement; only the lease holder ($8) may write.
+-- Record a group of outcomes in one statement; only each lease's holder (its token in $8) may write.
 -- $9 now, $10 now as ISO-8601 UTC text (history times do not depend on the session's TimeZone).
 -- outcome "released" (claimed, never started) gives the attempt back and drops its history entry.
 WITH o AS (
     SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
-                         $6::text[], $7::int[])
-        AS o(id, status, result, error, run_at, outcome, duration_ms)
+                         $6::text[], $7::int[], $8::text[])
+        AS o(id, status, result, error, run_at, outcome, duration_ms, token)
 )
 UPDATE jobs j SET
     status = o.status,
@@ -107,7 +150,7 @@ UPDATE jobs j SET
                                                                          'duration_ms', o.duration_ms))
               END
 FROM o
-WHERE j.id = o.id AND j.status = 'processing' AND j.lease_token = $8::text
+WHERE j.id = o.id AND j.status = 'processing' AND j.lease_token = o.token
 RETURNING j.id;
 
 -- name: cancel
@@ -250,3 +293,22 @@ SELECT queue, 'wait', NULL,
        (SELECT min(j.run_at) FROM jobs j WHERE j.queue = wq.queue AND j.status IN ('pending', 'scheduled'))
 FROM wq WHERE queue IS NOT NULL AND queue <> '_alerts'
   AND NOT EXISTS (SELECT 1 FROM queues p WHERE p.name = wq.queue AND p.paused);
+
+-- name: hourly_outcomes
+-- Completed and failed jobs per queue and whole hour (h: hours before $2) in ($1, $2], for the
+-- dashboard's charts.
+SELECT queue, status, floor(extract(epoch FROM $2::timestamptz - finished_at) / 3600)::int AS h,
+       count(*)::bigint AS n
+FROM jobs
+WHERE finished_at > $1::timestamptz AND finished_at <= $2::timestamptz AND status IN ('completed', 'failed')
+GROUP BY queue, status, h;
+
+-- name: failed_count
+-- Dead-lettered jobs matching an optional $1 queue, $2 type and $3 cutoff (finished before it),
+-- counted up to $4 (the dashboard says "N+" beyond).
+SELECT count(*)::bigint AS n FROM (
+    SELECT 1 FROM jobs
+    WHERE status = 'failed' AND ($1::text IS NULL OR queue = $1) AND ($2::text IS NULL OR type = $2)
+      AND ($3::timestamptz IS NULL OR finished_at < $3)
+    LIMIT $4
+) f;

@@ -33,8 +33,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("jobqueue.lambda")
 
-DRAIN_KEYS = ("claimed", "completed", "retried", "failed", "released", "recovered", "duration_ms", "more")
-
 
 def is_drain_event(event: Any) -> bool:
     if not isinstance(event, dict):
@@ -80,7 +78,7 @@ class LambdaHandler:
         return response
 
     async def _drain(self, context: Any) -> dict[str, Any]:
-        from jobqueue.web.kick import continue_drain
+        from jobqueue.worker import drain_once
 
         jq = self.app.state.resources.jq()
         settings = jq.settings
@@ -88,11 +86,9 @@ class LambdaHandler:
         remaining_ms = getattr(context, "get_remaining_time_in_millis", None)
         if callable(remaining_ms):
             budget = min(budget, max(1.0, remaining_ms() / 1000 - settings.budget_margin_s))
-        report = await jq.drain(budget)
-        if report.more:
-            await continue_drain(jq)  # a QStash kick when configured; else the next schedule
-        full = report.as_dict()
-        return {k: full[k] for k in DRAIN_KEYS}
+        # A QStash kick continues a drain that left work behind, when configured; else the next schedule.
+        report = await drain_once(jq, budget)
+        return report.contract()
 
     def close(self) -> None:
         """Close the engine and the loop. Lambda never calls this (the environment is frozen,

@@ -52,13 +52,6 @@ PAGE_SIZE = 50
 
 # Completed and failed jobs per queue and whole hour before $2 (h = 0 is the last hour), through the
 # jobs_finished index. jobqueue.metrics.collect() has the hour per minute but not the day per hour.
-HOURLY_SQL = """
-SELECT queue, status, floor(extract(epoch FROM $2::timestamptz - finished_at) / 3600)::int AS h,
-       count(*)::bigint AS n
-FROM jobs
-WHERE finished_at > $1::timestamptz AND finished_at <= $2::timestamptz AND status IN ('completed', 'failed')
-GROUP BY queue, status, h
-"""
 Text = Annotated[str | None, Query(max_length=200)]
 Limit = Annotated[int, Query(ge=1, le=200)]
 
@@ -123,7 +116,7 @@ async def login(
 async def hourly(jq: JobQueue) -> dict[str, list[dict[str, int]]]:
     """Per queue, 24 hourly {"completed", "failed"} counts, oldest first."""
     now = jq.clock.now()
-    rows = await jq.store.fetch_sql(HOURLY_SQL, now - timedelta(hours=HOURS), now)
+    rows = await jq.hourly_outcomes(now - timedelta(hours=HOURS), now)
     out: dict[str, list[dict[str, int]]] = {}
     for r in rows:
         hours = out.setdefault(r["queue"], [{"completed": 0, "failed": 0} for _ in range(HOURS)])

@@ -34,15 +34,6 @@ SHOWN_IDS = 20  # a confirmation lists this many of the selected ids
 
 # Failed jobs matching an optional queue and type ($1, $2), and finished before $3 when given,
 # counted up to a cap ($4).
-FAILED_COUNT_SQL = """
-SELECT count(*)::bigint AS n FROM (
-    SELECT 1 FROM jobs
-    WHERE status = 'failed' AND ($1::text IS NULL OR queue = $1) AND ($2::text IS NULL OR type = $2)
-      AND ($3::timestamptz IS NULL OR finished_at < $3)
-    LIMIT $4
-) f
-"""
-
 NOTICES = {
     "paused": "Queue {q} is paused: its jobs are kept and nothing is drained until you resume it.",
     "resumed": "Queue {q} is draining again.",
@@ -94,8 +85,7 @@ def confirm_page(request: Request, session: Any, *, title: str, body: str, butto
 
 async def failed_count(jq: JobQueue, queue: str | None, type: str | None, before_days: float | None = None) -> int:
     before = None if before_days is None else jq.clock.now() - timedelta(days=before_days)
-    rows = await jq.store.fetch_sql(FAILED_COUNT_SQL, queue, type, before, COUNT_CAP + 1)
-    return int(rows[0]["n"])
+    return await jq.failed_count(queue, type, before, COUNT_CAP + 1)
 
 
 def count_text(n: int) -> str:

@@ -1,9 +1,10 @@
 """Kicks: make a drain happen soon instead of at the next cron tick.
 
-The engine awaits `jq.kicker` when an enqueue wins the debounce in Redis (`JobQueue._dispatch`).
+The engine awaits `jq.kicker` when an enqueue wins the kick's turn in Redis (`JobQueue._dispatch`).
 In production the kicker publishes an empty message to QStash, which POSTs it, signed, to
 `/api/workers`. The same kicker continues a drain that ran out of budget with work left
-(`continue_drain`), so a backlog is worked off back to back rather than once per cron tick.
+(`jobqueue.worker.continue_later`), so a backlog is worked off back to back rather than once per
+cron tick.
 `make dev` installs its own kicker (`install_kicker`) that wakes an in-process tick instead.
 
 A kick is only an optimisation: cron (or a QStash schedule) still drains, so every failure here
@@ -20,7 +21,6 @@ from .deps import Kicker, Resources
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-    from jobqueue.engine import JobQueue
     from jobqueue.settings import Settings
 
 log = logging.getLogger("jobqueue.api.kick")
@@ -70,20 +70,3 @@ def install_kicker(app: FastAPI, kicker: Kicker | None) -> None:
     res.kicker = kicker
     if res.built is not None:
         res.built.kicker = kicker
-
-
-async def continue_drain(jq: JobQueue) -> bool:
-    """After a drain that left work behind, kick the next one. Shares the enqueue debounce key,
-    so however many drains finish with `more`, at most one continuation per interval is sent:
-    the number of concurrent drains stays bounded. Returns whether a kick was sent."""
-    if jq.kicker is None:
-        return False
-    try:
-        won = await jq.redis.command("SET", jq.keys.kick, "1", "NX", "PX", max(1, jq.settings.kick_interval_ms))
-        if not won:
-            return False
-        await jq.kicker()
-    except Exception as e:  # the drain already succeeded; its answer must not turn into an error
-        log.warning("kick: continuing the drain failed: %s", e)
-        return False
-    return True

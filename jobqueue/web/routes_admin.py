@@ -187,8 +187,6 @@ async def get_health(request: Request) -> JSONResponse:
             log.warning("health: cannot build the engine: %s", type(e).__name__)
             pg = rd = "down"
         else:
-            pg, rd = await asyncio.gather(
-                _probe("postgres", jq.store.ping()), _probe("redis", jq.redis.command("PING"))
-            )
+            pg, rd = await asyncio.gather(_probe("postgres", jq.store.ping()), _probe("redis", jq.broker.ping()))
     body = Health(status="ok" if pg == rd == "ok" else "unavailable", postgres=pg, redis=rd)
     return JSONResponse(body.model_dump(), status_code=200 if body.status == "ok" else 503)

@@ -11,7 +11,6 @@ from pydantic import BaseModel
 from .auth import require_worker
 from .deps import JQ, SettingsDep
 from .http_errors import COMMON_ERRORS, TOO_LARGE
-from .kick import continue_drain
 
 router = APIRouter(
     prefix="/api/workers",
@@ -35,11 +34,11 @@ class DrainResult(BaseModel):
 
 
 async def _drain(jq: JQ, settings: SettingsDep) -> DrainResult:
-    report = await jq.drain(settings.budget_s)
-    if report.more:
-        await continue_drain(jq)
-    # The report carries internals too (batches, dropped, dead jobs); the contract is these eight.
-    return DrainResult.model_validate(report.as_dict())
+    from jobqueue.worker import drain_once
+
+    report = await drain_once(jq, settings.budget_s)
+    # The report carries internals too (groups, dropped, dead jobs); the contract is these eight.
+    return DrainResult.model_validate(report.contract())
 
 
 # Two functions rather than one `api_route(methods=[...])`: each method needs its own operation id.

@@ -123,7 +123,7 @@ async def test_a_drain_with_work_left_publishes_the_next_one(
             r = await c.post("/api/jobs/batch", json={"jobs": [{"type": "slow", "payload": {}}] * 8}, headers=AUTH)
             assert r.status_code == 201
             kicks_after_enqueue = route.call_count
-            await asyncio.sleep(0.01)  # let the 1 ms debounce lapse
+            jq.clock.advance(ms=1)  # type: ignore[attr-defined]  # the 1 ms debounce lapses (engine clock)
             r = await c.post("/api/workers", headers=WORKER_AUTH)
         assert r.status_code == 200 and r.json()["more"] is True
         assert 0 < r.json()["completed"] < 8
@@ -145,7 +145,7 @@ async def test_install_kicker_replaces_qstash(
         async with make_client(app) as c:
             await c.post("/api/jobs", json={"type": "echo", "payload": {}}, headers=AUTH)
             install_kicker(app, None)  # also reaches an engine that is already built
-            await asyncio.sleep(0.01)
+            app.state.resources.built.clock.advance(ms=1)  # the debounce lapses (engine clock)
             await c.post("/api/jobs", json={"type": "echo", "payload": {}}, headers=AUTH)
     assert woken == [1] and route.call_count == 0
 

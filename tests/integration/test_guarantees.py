@@ -233,7 +233,7 @@ async def test_pause_and_resume(make_jq: Any, counting: Counter[int], prefix: st
     assert counting[row["id"]] == 1
 
 
-async def test_jobs_not_started_when_the_budget_ends_are_released(
+async def test_the_drain_claims_no_more_than_its_free_slots_and_the_budget_end_leaves_nothing_leased(
     make_jq: Any, registry: Registry, clock: FakeClock
 ) -> None:
     started: list[int] = []
@@ -247,19 +247,52 @@ async def test_jobs_not_started_when_the_budget_ends_are_released(
     await jq.drain(1)
     rows = await jq.enqueue_many([{"type": "sleepy", "payload": {}} for _ in range(6)])
     report = await jq.drain(0.6)
-    # two ran until the budget's end cut them off (a failed attempt, retried); four were claimed
-    # but never started, and went back at once
-    assert (report.claimed, report.retried, report.released) == (6, 2, 4)
+    # Two ran until the budget's end cut them off (a failed attempt, retried); the other four were
+    # never claimed: a claim takes no more jobs than there are free slots, so none waits leased.
+    assert (report.claimed, report.retried, report.released) == (2, 2, 0)
     assert len(started) == 2
     for r, _ in rows:
         job = await jq.get(r["id"])
         if r["id"] in started:
-            assert job["attempts"] == 1
+            assert job["attempts"] == 1 and job["status"] == "scheduled"
         else:
             assert job["status"] == "pending" and job["attempts"] == 0 and job["history"] == []
-    # released jobs are ready at once, not after a lease expires:
-    claimed = await jq.broker.claim(["default"], 10, clock.ms(), clock.ms() + 1000, "probe", 0)
+        assert job["lease_token"] is None
+    # ...and are ready at once:
+    claimed = await jq.broker.claim([("default", 10)], 10, clock.ms(), clock.ms() + 1000, "probe", 0)
     assert set(claimed.members) == {r["id"] for r, _ in rows} - set(started)
+
+
+async def test_a_stop_during_a_grant_releases_what_it_granted_and_leaves_nothing_leased(
+    make_jq: Any, registry: Registry, clock: FakeClock
+) -> None:
+    ran: list[int] = []
+
+    @registry.job("quick")
+    async def quick(payload: dict[str, Any], ctx: JobContext) -> None:
+        ran.append(ctx.job_id)
+
+    jq: JobQueue = make_jq(JOBQUEUE_BATCH_SIZE=5)
+    await jq.drain(1)
+    rows = await jq.enqueue_many([{"type": "quick", "payload": {}} for _ in range(5)])
+    stop = asyncio.Event()
+    fetch = jq.store.fetch
+
+    async def stop_while_granting(name: str, *args: Any) -> Any:
+        if name == "claim":
+            stop.set()  # SIGTERM arrives while the grant is in flight
+        return await fetch(name, *args)
+
+    jq.store.fetch = stop_while_granting  # type: ignore[method-assign]
+    report = await jq.drain(10, stop=stop)
+    jq.store.fetch = fetch  # type: ignore[method-assign]
+    assert (report.claimed, report.released, report.completed, ran) == (5, 5, 0, [])
+    for r, _ in rows:
+        job = await jq.get(r["id"])
+        assert (job["status"], job["attempts"], job["lease_token"], job["history"]) == ("pending", 0, None, [])
+    # released to the front of their list, in order, and runnable by the next drain at once
+    again = await jq.drain(5)
+    assert again.completed == 5 and ran == [r["id"] for r, _ in rows]
 
 
 async def test_late_finisher_does_not_overwrite_a_newer_attempt(

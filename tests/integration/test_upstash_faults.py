@@ -398,7 +398,7 @@ async def test_enqueue_during_outage_is_stored_then_reconciled_and_run_once(
     row, created = await down.enqueue({"type": "count", "payload": {"n": 1}})  # does not raise
     assert created is True
     assert route.call_count == 1
-    assert down.needs_reconcile is True
+    assert down.dispatch.needs_reconcile is True
     jid = row["id"]
     assert await _statuses(healthy, [jid]) == [("pending", 0)]  # Postgres holds it
 
@@ -489,14 +489,16 @@ async def test_failed_ack_keeps_outcomes_and_never_runs_the_job_again(
     prefix: str,
 ) -> None:
     flaky = FailingPipelineTransport(upstash_proxy, PROXY_TOKEN)
-    jq = make_with(flaky, JOBQUEUE_LEASE_GRACE_MS=1000)
+    # A linger long enough that both outcomes are written as one group, with one acknowledgement.
+    jq = make_with(flaky, JOBQUEUE_LEASE_GRACE_MS=1000, JOBQUEUE_RECORD_LINGER_MS=100)
     await jq.drain(1)  # epoch
     rows = await jq.enqueue_many([{"type": "count", "payload": {"n": i}} for i in range(2)])
     ids = [r["id"] for r, _ in rows]
 
     flaky.fail_at = flaky.pipeline_calls + 1  # the next pipeline: this drain's ack
-    with pytest.raises(RedisUnavailable):
-        await jq.drain(5)
+    # The drain itself succeeds: its outcomes are recorded; only the Redis clean-up was lost.
+    report = await jq.drain(5)
+    assert report.completed == 2
     processing = Keys(prefix).processing("default")
     assert len(flaky.dropped) == 1
     assert [c[:2] for c in flaky.dropped[0]] == [["ZREM", processing]]
