@@ -36,7 +36,7 @@ integration: $(STAMP)
 	$(BIN)/python -m pytest -q tests/integration
 
 bench: $(STAMP)
-	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 migrate: $(STAMP)
 	$(BIN)/jobqueue migrate

@@ -15,7 +15,7 @@ import statistics
 import time
 from typing import Any
 
-from handlers import default_registry
+from jobqueue.builtins import default_registry
 from jobqueue.engine import JobQueue
 from jobqueue.settings import Settings
 from jobqueue.store import Store
@@ -30,9 +30,7 @@ async def bench_once(latency_ms: float, jobs: int, batch: int) -> dict[str, Any]
     prefix = new_prefix()
     out: dict[str, Any] = {"latency_ms": latency_ms, "jobs": jobs, "batch": batch}
     with upstash_proxy(latency_ms) as proxy:
-        settings = Settings(
-            DATABASE_URL=url, JOBQUEUE_PREFIX=prefix, JOBQUEUE_BATCH_SIZE=batch, JOBQUEUE_CONCURRENCY=batch
-        )
+        settings = Settings(DATABASE_URL=url, JOBQUEUE_PREFIX=prefix, JOBQUEUE_BATCH_SIZE=batch)
         jq = JobQueue(Store(url, pool_max=4), UpstashTransport(proxy, TOKEN), default_registry(), settings)
         try:
             await jq.drain(2)  # builds the index (epoch marker)
@@ -90,9 +88,9 @@ async def bench_once(latency_ms: float, jobs: int, batch: int) -> dict[str, Any]
             assert report.completed == total, report
             out["drain"] = {
                 "per_s": round(total / dt),
-                "batches": report.batches,
-                "redis_requests_per_batch": round((jq.redis.requests - req0) / report.batches, 2),
-                "pg_statements_per_batch": round((jq.store.statements - st0) / report.batches, 2),
+                "claims": report.claims,
+                "redis_requests_per_claim": round((jq.redis.requests - req0) / report.claims, 2),
+                "pg_statements_per_claim": round((jq.store.statements - st0) / report.claims, 2),
                 "redis_commands_per_job": round((command_calls() - calls0) / total, 4),
             }
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import asyncpg
 
-from handlers import default_registry
+from jobqueue.builtins import default_registry
 from jobqueue.clock import Clock
 from jobqueue.engine import JobQueue
 from jobqueue.metrics import collect

@@ -191,12 +191,12 @@ class Store:
         """Apply schema.sql; idempotent (every statement is IF NOT EXISTS). Serialised by an
         advisory lock held for the transaction, so concurrent deploys do not race."""
         async with self.connection() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(7428190331)")
+            await conn.execute(QUERIES["migrate_lock"])
             await conn.execute(schema_sql())
 
     async def ping(self) -> None:
         async with self.connection() as conn:
-            await conn.fetchval("SELECT 1")
+            await conn.fetchval(QUERIES["ping"])
 
     async def close(self) -> None:
         pool, self._pool = self._pool, None

@@ -151,6 +151,30 @@ def upstash_proxy(redis_server: str) -> Iterator[str]:
         proc.stderr.close()
 
 
+def _setting_names() -> set[str]:
+    """Every environment name Settings reads (its aliases)."""
+    names: set[str] = set()
+    for f in Settings.model_fields.values():
+        alias = f.validation_alias
+        choices = getattr(alias, "choices", None)
+        if choices is not None:
+            names.update(str(c) for c in choices)
+        elif alias is not None:
+            names.add(str(alias))
+    return names
+
+
+SETTING_NAMES = _setting_names()
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings read the environment: a variable the developer exported (JOBQUEUE_BATCH_SIZE, a
+    real DATABASE_URL...) must not change what a test sees. Tests set what they need explicitly."""
+    for name in SETTING_NAMES:
+        monkeypatch.delenv(name, raising=False)
+
+
 @pytest.fixture(params=["redis", "upstash"])
 def transport_kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
@@ -192,7 +216,7 @@ async def make_jq(
             redis: Any = UpstashTransport(url, PROXY_TOKEN, timeout_s=5)
         else:
             redis = RedisPyTransport.from_url(redis_server)
-        jq = JobQueue(Store(database_url, pool_max=10), redis, reg or registry, settings, clock)
+        jq = JobQueue(Store(database_url, pool_max=settings.pg_pool_max), redis, reg or registry, settings, clock)
         made.append(jq)
         return jq
 

@@ -1,6 +1,14 @@
 -- Named queries for the store. Each block opens with "-- name: NAME" and a one-line description.
 -- Times are parameters, never now(): the engine injects its clock so tests can move time.
 
+-- name: ping
+-- Is Postgres there (the health route)?
+SELECT 1;
+
+-- name: migrate_lock
+-- Serialises concurrent migrations (deploys) for the length of the transaction.
+SELECT pg_advisory_xact_lock(7428190331);
+
 -- name: insert_jobs
 -- Insert many jobs in one statement from one JSON array ($1, text), in array order ("n"); a
 -- repeated (queue, idempotency_key) inserts nothing. Times are microseconds since the epoch.

@@ -120,6 +120,6 @@ async def claim_once(jq: JobQueue, claims: dict[str, Any]) -> None:
     """Refuse a replayed token: its `jti` is recorded (SET NX) until the token expires anyway.
     Only verified tokens get here, so an anonymous caller cannot write keys."""
     ttl_ms = max(1000, int((float(claims["exp"]) - time.time() + CLOCK_SKEW_S) * 1000))
-    first = await jq.redis.command("SET", f"{jq.keys.nonce_prefix}{claims['jti']}", "1", "NX", "PX", ttl_ms)
+    first = await jq.broker.try_lock(f"{jq.keys.nonce_prefix}{claims['jti']}", "1", ttl_ms)
     if not first:
         raise Unauthorized("Upstash-Signature was already used")
