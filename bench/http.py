@@ -7,7 +7,7 @@
    that touches neither Postgres nor Redis): what HTTP, uvicorn and the framework cost alone.
    The same enqueue over a plain Redis (`REDIS_URL`) shows what the REST hop costs.
 2. Batch enqueue throughput over HTTP: `POST /api/jobs/batch` with 1000 jobs each.
-3. Enqueue -> handler start in the `make dev` setup (`python -m api.dev`: tick + kick), from each
+3. Enqueue -> handler start in the `make dev` setup (`python -m jobqueue.devserver`: tick + kick), from each
    job's `created_at` to its `started_at`, jobs enqueued one at a time at random gaps.
 4. Cold import: `python -X importtime -c "import api.index"`, the cumulative time of `api.index`
    (the import's own line; the last line of the output is whatever the interpreter imports at
@@ -296,11 +296,11 @@ async def run_once(args: argparse.Namespace) -> dict[str, Any]:
         db = await create_db(name)
         try:
             env = _env(DATABASE_URL=db, JOBQUEUE_DEV_REDIS=mode, JOBQUEUE_PREFIX=prefix)
-            with server([sys.executable, "-m", "api.dev"], env) as url:
+            with server([sys.executable, "-m", "jobqueue.devserver"], env) as url:
                 result[f"kick_dev_{mode}_redis"] = await bench_kick(url, args.kick_jobs)
         finally:
             if mode == "local":
-                clean_db0(prefix)  # api.dev's local Redis is database 0, not bench.common's
+                clean_db0(prefix)  # the dev server's local Redis is database 0, not bench.common's
             await drop_db(name)
     result["import_api_index"] = bench_import()
     return result
