@@ -12,6 +12,7 @@ import base64
 import binascii
 import json
 import math
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -75,6 +76,9 @@ class Resources:
         if self._owned and self._jq is not None:
             jq, self._jq = self._jq, None
             await jq.close()
+        http = sys.modules.get("jobqueue.builtins.http")
+        if http is not None:  # only if a webhook was delivered here: never imported just to close
+            await http.aclose_clients()
 
 
 def resources(request: Request) -> Resources:
