@@ -50,3 +50,21 @@ def parse_model(model: type[M], data: Any, error: type[InvalidJob] = InvalidJob)
 def parse_request(data: Any) -> JobRequest:
     """Validate an untrusted enqueue request."""
     return parse_model(JobRequest, data)
+
+
+# --- the dashboard's search term ------------------------------------------------------------------
+
+_ID_TERM = re.compile(r"[0-9]{1,18}")  # ASCII digits only: str.isdigit() also takes '²', '①' ...
+
+
+def search_id(term: str) -> int | None:
+    """The job id a search term names, or None: only 1-18 ASCII digits are an id (18 digits always
+    fit a bigint; `int()` refuses superscripts and circled digits that `isdigit()` accepts)."""
+    return int(term) if _ID_TERM.fullmatch(term) else None
+
+
+def like_pattern(term: str) -> str:
+    """`%term%` for `ILIKE $n ESCAPE '\\'`, with the term's own `\\`, `%` and `_` escaped, so a
+    search for `%` finds a literal percent sign instead of every row."""
+    escaped = term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"

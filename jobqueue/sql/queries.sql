@@ -250,3 +250,12 @@ SELECT queue, 'wait', NULL,
        (SELECT min(j.run_at) FROM jobs j WHERE j.queue = wq.queue AND j.status IN ('pending', 'scheduled'))
 FROM wq WHERE queue IS NOT NULL AND queue <> '_alerts'
   AND NOT EXISTS (SELECT 1 FROM queues p WHERE p.name = wq.queue AND p.paused);
+
+-- name: search_jobs
+-- The dashboard's search, newest first: optional status/queue/type ($1-$3) and keyset cursor ($4, the last id seen); the term matches an id ($5, NULL unless 1-18 ASCII digits), an idempotency key or type ($6), or payload text ($7, a like_pattern()); $8 the page size plus one.
+SELECT * FROM jobs
+WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR queue = $2) AND ($3::text IS NULL OR type = $3)
+  AND ($4::bigint IS NULL OR id < $4)
+  AND (id = $5::bigint OR idempotency_key = $6 OR type = $6 OR payload::text ILIKE $7 ESCAPE '\')
+ORDER BY id DESC
+LIMIT $8;

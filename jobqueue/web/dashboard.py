@@ -20,9 +20,10 @@ from fastapi.responses import RedirectResponse
 
 from jobqueue.errors import InvalidJob
 from jobqueue.models import STATUSES, JobView
+from jobqueue.validation import like_pattern, search_id
 
 from . import dashboard_actions
-from .auth import secret_matches
+from .auth import HTTP_WHITESPACE, count_failure, secret_matches
 from .dashboard_actions import count_text, failed_count
 from .dashboard_auth import (
     COOKIE,
@@ -39,7 +40,7 @@ from .dashboard_auth import (
 from .dashboard_charts import line as line_chart
 from .dashboard_charts import stacked_bars
 from .dashboard_render import DashboardRoute, asset, render
-from .deps import JQ, MAX_ID, SettingsDep, decode_cursor, encode_cursor
+from .deps import JQ, MAX_ID, SettingsDep, StorableStr, decode_cursor, encode_cursor
 
 if TYPE_CHECKING:
     from jobqueue.engine import JobQueue
@@ -59,7 +60,8 @@ FROM jobs
 WHERE finished_at > $1::timestamptz AND finished_at <= $2::timestamptz AND status IN ('completed', 'failed')
 GROUP BY queue, status, h
 """
-Text = Annotated[str | None, Query(max_length=200)]
+# StorableStr: a NUL in a filter or the search is a 422 page here, as in the API, not a driver error.
+Text = Annotated[StorableStr | None, Query(max_length=200)]
 Limit = Annotated[int, Query(ge=1, le=200)]
 
 
@@ -99,7 +101,8 @@ async def login(
     # Refused like every other cross-site POST: no other site has a reason to post a login here.
     if not same_origin(request, settings.public_url):
         raise CsrfRefused("the request came from another site")
-    if not secret_matches(token, settings.api_token):
+    if not secret_matches(token.strip(HTTP_WHITESPACE), settings.api_token):
+        await count_failure(request)  # 429 past the limit (a valid token is never counted)
         error = (
             "That token is not valid." if settings.api_token else "The dashboard is locked: JOBS_API_TOKEN is not set."
         )
@@ -214,9 +217,11 @@ async def jobs(
     status, queue, type, search = blank(status), blank(queue), blank(type), blank(search)
     if status is not None and status not in STATUSES:
         raise InvalidJob(f"unknown status {status!r}; one of {', '.join(STATUSES)}", field="status")
-    rows, last = await jq.list_jobs(
-        status=status, queue=queue, type=type, search=search, limit=limit, cursor=decode_cursor(blank(cursor))
-    )
+    after = decode_cursor(blank(cursor))
+    if search is None:
+        rows, last = await jq.list_jobs(status=status, queue=queue, type=type, limit=limit, cursor=after)
+    else:
+        rows, last = await search_jobs(jq, search, status=status, queue=queue, type=type, limit=limit, cursor=after)
     filters = {"status": status, "queue": queue, "type": type, "search": search}
     size = limit if limit != PAGE_SIZE else None
     return render(
@@ -232,6 +237,19 @@ async def jobs(
         first_url=page_url(f"{COOKIE_PATH}/jobs", **filters, limit=size) if cursor else None,
         next_url=page_url(f"{COOKIE_PATH}/jobs", **filters, limit=size, cursor=encode_cursor(last)) if last else None,
     )
+
+
+async def search_jobs(
+    jq: JobQueue, term: str, *, status: str | None, queue: str | None, type: str | None, limit: int, cursor: int | None
+) -> tuple[list[dict[str, Any]], int | None]:
+    """The search as a named query: an id only for 1-18 ASCII digits, the payload text matched
+    literally (`%` and `_` are not wildcards), through `like_pattern`."""
+    rows = await jq.store.fetch(
+        "search_jobs", status, queue, type, cursor, search_id(term), term, like_pattern(term), limit + 1
+    )
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return rows, (rows[-1]["id"] if more and rows else None)
 
 
 def attempts_of(view: JobView) -> list[dict[str, Any]]:
