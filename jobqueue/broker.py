@@ -299,6 +299,72 @@ class Broker:
             out[q] = d
         return out
 
+    # --- auth throttling and replay protection (issue 8) ---
+    # Failed credentials are counted in fixed windows of the engine's clock: the window's index is
+    # part of the key, so a test moves its FakeClock to the next window instead of waiting for a
+    # TTL, and the keys expire by themselves two windows later. Only failures cost a request; a
+    # valid credential never reaches Redis for this.
+
+    async def auth_failure(self, address: str, now_ms: int, window_ms: int) -> tuple[int, int]:
+        """Count one failed credential from `address`: one request. Answers (failures from this
+        address, failures from everyone) in the current window, this one included."""
+        window = now_ms // window_ms
+        base = f"{self.keys.prefix}:authfail:{window}"
+        raw = await self.redis.script(AUTH_FAILURE, [f"{base}:addr:{address}", f"{base}:all"], [2 * window_ms])
+        return int(raw[0]), int(raw[1])
+
+    # A QStash token (`jti`) is "run:<owner>" while the drain it started runs (until `running_ms`,
+    # in case that process dies) and "done" once that drain succeeded, until the token expires;
+    # a drain that failed deletes its own "run" marker, so QStash's retry of the same message is
+    # accepted, while a duplicate arriving during the run is not.
+
+    async def token_begin(self, jti: str, owner: str, running_ms: int) -> str | None:
+        """Mark the token in flight for `owner`; None when this call did, else the marker found
+        ("run:..." or "done"). One request."""
+        found = await self.redis.script(TOKEN_BEGIN, [self.keys.nonce_prefix + jti], [f"run:{owner}", running_ms])
+        return str(found) if found else None
+
+    async def token_done(self, jti: str, ttl_ms: int) -> None:
+        await self.redis.command("SET", self.keys.nonce_prefix + jti, "done", "PX", ttl_ms)
+
+    async def token_abandon(self, jti: str, owner: str) -> None:
+        """Forget the in-flight marker, if it is still `owner`'s (not one a later retry set)."""
+        await self.redis.script(TOKEN_ABANDON, [self.keys.nonce_prefix + jti], [f"run:{owner}"])
+
+
+AUTH_FAILURE = Script(
+    "auth_failure",
+    """
+-- Count a failed credential. KEYS[1] the address's counter for this window, KEYS[2] everyone's.
+-- ARGV[1] how long the counters live, in ms (two windows). Returns {address count, total count}.
+-- Commands: INCR x2 (+ PEXPIRE x2 on a window's first failure).
+local a = redis.call("INCR", KEYS[1])
+if a == 1 then redis.call("PEXPIRE", KEYS[1], ARGV[1]) end
+local t = redis.call("INCR", KEYS[2])
+if t == 1 then redis.call("PEXPIRE", KEYS[2], ARGV[1]) end
+return {a, t}
+""",
+)
+TOKEN_BEGIN = Script(
+    "token_begin",
+    """
+-- Take a QStash token for a drain. KEYS[1] the token's marker; ARGV[1] "run:<owner>"; ARGV[2] ms
+-- it lives. Returns the marker already there ("run:..." or "done"), or false when it set ours.
+local found = redis.call("GET", KEYS[1])
+if found then return found end
+redis.call("SET", KEYS[1], ARGV[1], "PX", ARGV[2])
+return false
+""",
+)
+TOKEN_ABANDON = Script(
+    "token_abandon",
+    """
+-- Delete KEYS[1] if it still holds ARGV[1] (our in-flight marker). Returns 1 if deleted.
+if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) end
+return 0
+""",
+)
+
 
 def _age_key(member: str) -> tuple[int, int]:
     """(enqueued ms, id) of a member: the order in which a ready list pops them."""

@@ -69,6 +69,20 @@ class Settings(BaseSettings):
 
     webhook_signing_secret: str | None = Field(default=None, validation_alias="WEBHOOK_SIGNING_SECRET", repr=False)
     webhook_allow_private: bool = Field(default=False, validation_alias="WEBHOOK_ALLOW_PRIVATE_NETWORKS")
+    # One shared client per process (per event loop): connections in all, and requests in flight
+    # per destination (scheme, host, port), so one slow receiver cannot take every connection.
+    webhook_max_connections: int = Field(default=256, ge=1, le=10_000, validation_alias="WEBHOOK_MAX_CONNECTIONS")
+    webhook_max_per_host: int = Field(default=64, ge=1, le=10_000, validation_alias="WEBHOOK_MAX_CONNECTIONS_PER_HOST")
+
+    # Failed credentials (wrong or missing tokens, bad QStash signatures, wrong dashboard logins)
+    # per client address and in all, per window; past either limit they answer 429 + Retry-After.
+    # A valid credential is never throttled.
+    auth_failures_per_address: int = Field(default=20, ge=1, validation_alias="JOBQUEUE_AUTH_FAILURES_PER_ADDRESS")
+    auth_failures_total: int = Field(default=200, ge=1, validation_alias="JOBQUEUE_AUTH_FAILURES_TOTAL")
+    auth_window_s: int = Field(default=60, ge=1, le=86_400, validation_alias="JOBQUEUE_AUTH_WINDOW_S")
+    # Whose address is the client's: None (auto) trusts X-Forwarded-For on Vercel only, whose edge
+    # overwrites it; True trusts the first X-Forwarded-For (or X-Real-IP) hop; False the peer.
+    auth_trust_proxy: bool | None = Field(default=None, validation_alias="JOBQUEUE_AUTH_TRUST_PROXY")
 
     alert_webhook_url: str | None = Field(default=None, validation_alias="ALERT_WEBHOOK_URL", repr=False)
     alert_dlq_threshold: int = Field(default=100, ge=1, validation_alias="ALERT_DLQ_THRESHOLD")

@@ -52,17 +52,19 @@ def parse_request(data: Any) -> JobRequest:
     return parse_model(JobRequest, data)
 
 
-ID_SEARCH = re.compile(r"[0-9]{1,18}")
+# --- the dashboard's search term ------------------------------------------------------------------
+
+_ID_TERM = re.compile(r"[0-9]{1,18}")  # ASCII digits only: str.isdigit() also takes '²', '①' ...
 
 
 def search_id(term: str) -> int | None:
-    """The job id a search term stands for: ASCII digits only (`str.isdigit()` also accepts '²'
-    and '①', which `int()` refuses), at most 18 of them (any such number is a valid bigint)."""
-    return int(term) if ID_SEARCH.fullmatch(term) else None
+    """The job id a search term names, or None: only 1-18 ASCII digits are an id (18 digits always
+    fit a bigint; `int()` refuses superscripts and circled digits that `isdigit()` accepts)."""
+    return int(term) if _ID_TERM.fullmatch(term) else None
 
 
 def like_pattern(term: str) -> str:
-    """An ILIKE pattern (ESCAPE '\\') matching `term` anywhere, its own wildcards taken literally:
-    a search for '%' finds a percent sign, not every job."""
+    """`%term%` for `ILIKE $n ESCAPE '\\'`, with the term's own `\\`, `%` and `_` escaped, so a
+    search for `%` finds a literal percent sign instead of every row."""
     escaped = term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return f"%{escaped}%"

@@ -33,7 +33,14 @@ carries `Retry-After` (seconds or an HTTP date, capped at 24 h) it raises `Retry
 Destinations: unless WEBHOOK_ALLOW_PRIVATE_NETWORKS is set, a URL whose host is, or resolves to,
 a loopback, private, link-local, CGNAT, multicast, reserved or unspecified address (IPv4, IPv6,
 and IPv4 embedded in IPv6) is refused permanently, so a job cannot probe the worker's network or
-a cloud metadata endpoint.
+a cloud metadata endpoint. An IP literal is judged before anything is sent; a name is resolved
+when a connection is opened, and the socket connects to the address that was checked (see
+http.py), so DNS rebinding between a check and the connect is not possible.
+
+Bounds (slow or hostile receivers): the job's deadline bounds the whole request, queueing for a
+connection included, not each phase (a receiver trickling a byte a second ends at the deadline,
+not never); a 2xx body is read only when it is at most 4 KB (so its connection can be reused),
+an error body only for a snippet, each for at most a second, and never decompressed.
 """
 
 from __future__ import annotations
@@ -47,10 +54,10 @@ import time
 from contextlib import aclosing
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, Literal, TypeAlias, cast
+from typing import TYPE_CHECKING, Annotated, Literal, cast
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, field_validator
 from standardwebhooks.webhooks import EmptyWebhookSecretError, Webhook
 
 from jobqueue.errors import PermanentError, RetryAfter
@@ -58,18 +65,22 @@ from jobqueue.models import Backoff
 from jobqueue.registry import Blueprint, JobContext
 from jobqueue.settings import Settings
 
+from .http import IPAddress, PoolConfig, shared_client
+
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator
 
 blueprint = Blueprint()
 
-IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
+__all__ = ["IPAddress", "check_destination", "checked_addresses", "deliver", "refusal_reason", "resolve"]
 
 USER_AGENT = "jobqueue-webhooks/0.1"
 MAX_URL_CHARS = 2048
 MAX_HEADERS = 50
 MAX_HEADER_VALUE_CHARS = 8192
 MAX_ERROR_BODY_CHARS = 500
+MAX_OK_BODY_BYTES = 4096  # a 2xx body up to this is read (so the connection is reused), else dropped
+BODY_READ_S = 1.0  # reading a snippet or a small 2xx body never takes longer than this
 MAX_RETRY_AFTER_MS = 24 * 3600 * 1000
 # Keep the request's own timeout just inside the drain's wait_for, so a slow receiver ends as a
 # clean httpx timeout ("ReadTimeout delivering to ...") rather than a bare cancellation.
@@ -83,6 +94,12 @@ RESERVED_HEADERS = frozenset(
     | {"trailer", "upgrade", "expect", "proxy-connection", "proxy-authorization"}
 )
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}")  # an RFC 9110 token
+# RFC 9110 field-value without obs-text: visible ASCII, with spaces and tabs only between visible
+# characters (a receiver strips the outer ones, so they could not arrive anyway). obs-text
+# (0x80-0xFF) is refused: a JSON string has no agreed mapping to those octets (httpx encodes
+# header values as ASCII and would fail every attempt; receivers differ on Latin-1 or UTF-8), and
+# RFC 9110 marks it obsolete. Non-ASCII data belongs in an encoding (percent, base64, RFC 8187).
+_HEADER_VALUE = re.compile(r"(?:[\x21-\x7e](?:[\x20\x09\x21-\x7e]*[\x21-\x7e])?)?")
 _CGNAT = ipaddress.IPv4Network("100.64.0.0/10")
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 
@@ -91,13 +108,30 @@ class DeliveryFailed(Exception):
     """The delivery failed, but a later attempt may succeed: the engine retries it with backoff."""
 
 
+def _field_value(value: str) -> str:
+    if len(value) > MAX_HEADER_VALUE_CHARS:
+        raise ValueError(f"a header value may have at most {MAX_HEADER_VALUE_CHARS} characters")
+    if not _HEADER_VALUE.fullmatch(value):
+        bad = next((i for i, c in enumerate(value) if not " " <= c <= "~" and c != "\t"), None)
+        where = f"{value[bad]!r} at position {bad}" if bad is not None else "leading or trailing whitespace"
+        raise ValueError(
+            "a header value may hold only visible ASCII characters, with spaces and tabs between them "
+            f"(RFC 9110 field-value; no CR, LF, NUL, control or non-ASCII characters): {where}"
+        )
+    return value
+
+
+# Validated per value, so a refusal's field names the header: `payload.headers.<name>`.
+HeaderValue = Annotated[str, AfterValidator(_field_value)]
+
+
 class WebhookPayload(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     url: str = Field(max_length=MAX_URL_CHARS)
     event: str | None = Field(default=None, max_length=200)
     data: JsonValue = None
-    headers: dict[str, str] = Field(default_factory=dict, max_length=MAX_HEADERS)
+    headers: dict[str, HeaderValue] = Field(default_factory=dict, max_length=MAX_HEADERS)
     body: Literal["envelope", "data"] = "envelope"
 
     @field_validator("url")
@@ -117,7 +151,7 @@ class WebhookPayload(BaseModel):
     @classmethod
     def _allowed_headers(cls, v: dict[str, str]) -> dict[str, str]:
         seen: set[str] = set()
-        for name, value in v.items():
+        for name in v:
             low = name.lower()
             if not _HEADER_NAME.fullmatch(name):
                 raise ValueError(f"invalid header name {name[:100]!r}")
@@ -125,8 +159,6 @@ class WebhookPayload(BaseModel):
                 raise ValueError(f"header {name!r} is set by the webhook sender and cannot be overridden")
             if low in seen:
                 raise ValueError(f"header {name!r} is given twice")
-            if len(value) > MAX_HEADER_VALUE_CHARS or any(c in value for c in "\r\n\0"):
-                raise ValueError(f"header {name!r} has a value that is too long or contains CR, LF or NUL")
             seen.add(low)
         return v
 
@@ -141,13 +173,50 @@ class WebhookPayload(BaseModel):
     timeout_ms=30_000,
 )
 async def deliver(payload: WebhookPayload, ctx: JobContext) -> dict[str, int]:
+    # A drain starts a whole batch in one turn of the loop; each yield below ends this job's share
+    # of a turn, so a batch's validation, slot queueing and request building fall in separate
+    # turns rather than one long one (the drain's own Postgres and Redis replies wait behind it).
+    await asyncio.sleep(0)
     settings: Settings = ctx.settings if ctx.settings is not None else Settings()
     url = httpx.URL(payload.url)
     host = url.raw_host.decode("ascii")
-    if not settings.webhook_allow_private:
-        await check_destination(url)
+    guarded = not settings.webhook_allow_private
+    if guarded:
+        _check_literal(host)  # a name is checked when its connection opens (GuardedBackend)
+    config = PoolConfig(settings.webhook_max_connections, settings.webhook_max_per_host, guarded)
+    client = shared_client(config, _guard)
+    secret = settings.webhook_signing_secret or None
 
-    msg_id = f"msg_{ctx.job_id}"  # stable across attempts: the receiver's deduplication key
+    # The deadline already holds min(job timeout, drain budget left), so this respects both. It
+    # bounds the whole request (queueing for a slot included): httpx's own timeout is per phase,
+    # so a receiver trickling a byte a second would never trip it.
+    loop = asyncio.get_running_loop()
+    deadline = ctx.deadline - TIMEOUT_MARGIN_S
+    if deadline - loop.time() <= 0:
+        raise DeliveryFailed("no time left in the job's timeout to send the request")
+    t0 = time.perf_counter()
+    try:
+        async with asyncio.timeout_at(deadline), client.hold(url):
+            await asyncio.sleep(0)  # see the top: the first holders of slots send in a turn of their own
+            # Built once a slot is ours, so webhook-timestamp is fresh when the request leaves.
+            body, headers = _request(payload, ctx.job_id, secret)
+            timeout = httpx.Timeout(max(0.001, deadline - loop.time()))
+            async with client.http.stream("POST", url, content=body, headers=headers, timeout=timeout) as resp:
+                duration_ms = int((time.perf_counter() - t0) * 1000)
+                if 200 <= resp.status_code < 300:
+                    await _read_small_body(resp)
+                    return {"status_code": resp.status_code, "duration_ms": duration_ms}
+                snippet = await _error_snippet(resp, secret)
+    except TimeoutError:
+        waited = int((time.perf_counter() - t0) * 1000)
+        raise DeliveryFailed(f"no complete response from {host} within the job's timeout ({waited} ms)") from None
+    except httpx.RequestError as e:
+        raise DeliveryFailed(f"{type(e).__name__} delivering to {host}: {str(e)[:200]}") from e
+    raise _classify(resp, snippet)
+
+
+def _request(payload: WebhookPayload, job_id: int, secret: str | None) -> tuple[bytes, httpx.Headers]:
+    msg_id = f"msg_{job_id}"  # stable across attempts: the receiver's deduplication key
     now = datetime.fromtimestamp(int(time.time()), UTC)  # wall clock: receivers compare it to theirs
     document = (
         payload.data
@@ -155,67 +224,66 @@ async def deliver(payload: WebhookPayload, ctx: JobContext) -> dict[str, int]:
         else {"type": payload.event, "data": payload.data, "timestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ")}
     )
     body = json.dumps(document, separators=(",", ":"))
-    headers = httpx.Headers({"user-agent": USER_AGENT})
+    # identity: bodies are read raw and never decompressed (no decompression bomb in a snippet).
+    headers = httpx.Headers({"user-agent": USER_AGENT, "accept-encoding": "identity"})
     headers.update(payload.headers)  # case-insensitive: a caller's User-Agent replaces ours
     headers["content-type"] = "application/json"
     headers["webhook-id"] = msg_id
     headers["webhook-timestamp"] = str(int(now.timestamp()))
-    secret = settings.webhook_signing_secret or None
     if secret:
         headers["webhook-signature"] = _sign(secret, msg_id, now, body)
+    return body.encode(), headers
 
-    # The deadline already holds min(job timeout, drain budget left), so this respects both.
-    # httpx applies it per phase (connect, write, read); the drain's wait_for bounds the total.
-    left = ctx.deadline - asyncio.get_running_loop().time() - TIMEOUT_MARGIN_S
-    if left <= 0:
-        raise DeliveryFailed("no time left in the job's timeout to send the request")
-    t0 = time.perf_counter()
-    try:
-        # One client per call: no module-level state, and no connection reuse across receivers.
-        # trust_env=False: no proxy from the environment (the address check must describe the
-        # real peer) and no .netrc credentials sent to arbitrary hosts.
-        async with (
-            httpx.AsyncClient(timeout=httpx.Timeout(left), follow_redirects=False, trust_env=False) as client,
-            client.stream("POST", url, content=body.encode(), headers=headers) as resp,
-        ):
-            duration_ms = int((time.perf_counter() - t0) * 1000)
-            if 200 <= resp.status_code < 300:
-                return {"status_code": resp.status_code, "duration_ms": duration_ms}
-            snippet = await _error_snippet(resp, secret)
-    except httpx.RequestError as e:
-        raise DeliveryFailed(f"{type(e).__name__} delivering to {host}: {str(e)[:200]}") from e
-    raise _classify(resp, snippet)
+
+async def _guard(host: str, port: int) -> list[IPAddress]:
+    # Looked up at call time, so tests can replace `checked_addresses` or `resolve`.
+    return await checked_addresses(host, port)
 
 
 async def check_destination(url: httpx.URL) -> None:
     """Refuse (PermanentError) a host that is, or resolves to, a non-public address."""
-    host = url.raw_host.decode("ascii")  # IDNA-encoded; IPv6 literals without brackets
+    await checked_addresses(url.raw_host.decode("ascii"), url.port or (443 if url.scheme == "https" else 80))
+
+
+async def checked_addresses(host: str, port: int) -> list[IPAddress]:
+    """Every address of host (IDNA-encoded; IPv6 without brackets), each one public, or raise:
+    PermanentError naming the first non-public one, DeliveryFailed when nothing resolves (a DNS
+    hiccup may pass, so that one retries). The connection then uses only these addresses."""
     try:
         addresses: list[IPAddress] = [ipaddress.ip_address(host)]
     except ValueError:
         try:
-            addresses = await resolve(host, url.port or (443 if url.scheme == "https" else 80))
-        except OSError as e:  # socket.gaierror: may be a DNS hiccup, so retry
+            addresses = await resolve(host, port)
+        except OSError as e:  # socket.gaierror
             raise DeliveryFailed(f"could not resolve {host}: {e}") from e
     if not addresses:
         raise DeliveryFailed(f"{host} resolved to no address")
-    # Every address must pass, since the connection may use any of them. Known gap: DNS
-    # rebinding, as httpx resolves again when it connects and a hostile resolver can answer
-    # differently. Closing it means connecting to the checked address with Host/SNI set to the
-    # name, which httpx does not offer cheaply; a network-level egress policy is the real fix.
-    for ip in addresses:
-        reason = refusal_reason(ip)
-        if reason:
-            raise PermanentError(
-                f"refusing to deliver to {host}: {ip} is a {reason} address "
-                "(set WEBHOOK_ALLOW_PRIVATE_NETWORKS=1 to allow private destinations)"
-            )
+    for ip in addresses:  # every one must pass: the connection may use any of them
+        _refuse(host, ip)
+    return addresses
+
+
+def _check_literal(host: str) -> None:
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return
+    _refuse(host, ip)
+
+
+def _refuse(host: str, ip: IPAddress) -> None:
+    reason = refusal_reason(ip)
+    if reason:
+        raise PermanentError(
+            f"refusing to deliver to {host}: {ip} is a {reason} address "
+            "(set WEBHOOK_ALLOW_PRIVATE_NETWORKS=1 to allow private destinations)"
+        )
 
 
 async def resolve(host: str, port: int) -> list[IPAddress]:
     """Every address (A and AAAA) for host, through the loop's resolver so the drain never blocks."""
     infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return [ipaddress.ip_address(info[4][0]) for info in infos]
+    return list(dict.fromkeys(ipaddress.ip_address(info[4][0]) for info in infos))
 
 
 def refusal_reason(ip: IPAddress) -> str | None:
@@ -291,18 +359,34 @@ def retry_after_ms(value: str | None, now_s: float) -> int | None:
     return min(max(ms, 0), MAX_RETRY_AFTER_MS)
 
 
-async def _error_snippet(resp: httpx.Response, secret: str | None) -> str:
-    """The start of an error body, whitespace collapsed: never more than a few KB is read."""
+async def _read_raw(resp: httpx.Response, limit: int) -> bytes:
+    """Up to about `limit` raw bytes of the body (one chunk may overshoot by up to 64 KB), for at
+    most BODY_READ_S; stops early at the end of the body. Never raises: the status is known."""
     raw = b""
     try:
-        # aclosing: leaving the loop early must close the generator now, not at garbage collection.
-        async with aclosing(cast("AsyncGenerator[bytes, None]", resp.aiter_bytes())) as chunks:
-            async for chunk in chunks:
-                raw += chunk
-                if len(raw) >= MAX_ERROR_BODY_CHARS * 4:
-                    break
-    except httpx.HTTPError:
-        pass  # the status alone still classifies the failure
+        async with asyncio.timeout(BODY_READ_S):
+            # aclosing: leaving the loop early must close the generator now, not at garbage collection.
+            async with aclosing(cast("AsyncGenerator[bytes, None]", resp.aiter_raw())) as chunks:
+                async for chunk in chunks:
+                    raw += chunk
+                    if len(raw) >= limit:
+                        break
+    except (TimeoutError, httpx.HTTPError):
+        pass
+    return raw
+
+
+async def _read_small_body(resp: httpx.Response) -> None:
+    """Read a small 2xx body to its end, so the connection goes back to the pool; anything larger
+    (declared or not) is left unread, and closing the response drops its connection."""
+    declared = resp.headers.get("content-length", "0")
+    if declared.isdigit() and int(declared) <= MAX_OK_BODY_BYTES:
+        await _read_raw(resp, MAX_OK_BODY_BYTES + 1)
+
+
+async def _error_snippet(resp: httpx.Response, secret: str | None) -> str:
+    """The start of an error body, whitespace collapsed: never more than a few KB is read."""
+    raw = await _read_raw(resp, MAX_ERROR_BODY_CHARS * 4)
     text = " ".join(raw[: MAX_ERROR_BODY_CHARS * 4].decode("utf-8", "replace").split())
     if secret:  # a receiver that echoes its configuration must not put the secret in our error
         for s in (secret, secret.removeprefix("whsec_")):

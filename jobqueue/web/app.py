@@ -8,7 +8,7 @@ shutdown around every invocation, so a per-invocation engine is simply rebuilt o
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
@@ -19,7 +19,8 @@ from starlette.types import Receive, Scope, Send
 from jobqueue.settings import Settings
 
 from . import routes_admin, routes_jobs, routes_metrics, routes_workers
-from .deps import Resources
+from .auth import WORKER_BODY_LIMIT
+from .deps import BodyLimit, Resources
 from .http_errors import install_error_handlers
 from .kick import qstash_kicker
 
@@ -97,4 +98,21 @@ def create_app(
     # The dashboard is built on its first request: its routes (and Jinja2) are a fifth of a cold
     # start, and API calls, the bulk of all invocations, never need them.
     app.router.routes.append(Route("/dashboard{rest:path}", LazyDashboard(app), include_in_schema=False))
+    app.add_middleware(BodyLimit, limit_for=body_limits(settings))
     return app
+
+
+def body_limits(settings: Settings) -> Callable[[str], int]:
+    """The most any route on a path reads; each route still applies its own limit."""
+    api = max(routes_jobs.batch_body_limit(settings), routes_admin.REPLAY_BODY_LIMIT)
+
+    def limit_for(path: str) -> int:
+        if path == "/dashboard/login":
+            return 4096  # a token and a `next` path, 1000 characters each at most
+        if path.startswith("/dashboard"):
+            return 64 * 1024  # the largest form is a replay of 500 ids
+        if path.startswith("/api/workers"):
+            return WORKER_BODY_LIMIT
+        return api
+
+    return limit_for

@@ -2,25 +2,45 @@
 `Bearer $WORKER_SECRET`, `Bearer $CRON_SECRET` (Vercel Cron, GET) or a QStash `Upstash-Signature`.
 
 Secrets are compared in constant time, and a secret that is unset (or empty) matches nothing, so
-a deployment that forgot JOBS_API_TOKEN is locked rather than open. The QStash JWT is checked
-with PyJWT directly instead of `qstash.Receiver`, which reports every failure as the next key's
-"Signature verification failed" and so hides an expiry or a URL mismatch; both keys are tried.
+a deployment that forgot JOBS_API_TOKEN is locked rather than open. Only HTTP whitespace (space,
+tab) around a token is ignored: `str.strip()` would also drop a no-break space or NEL, so a token
+"padded" with them was accepted. The QStash JWT is checked with PyJWT directly instead of
+`qstash.Receiver`, which reports every failure as the next key's "Signature verification failed"
+and so hides an expiry or a URL mismatch; both keys are tried.
+
+Throttling: every failed credential (wrong or missing token, bad signature, wrong dashboard login)
+costs one Redis request that counts it per client address and in all; past
+JOBQUEUE_AUTH_FAILURES_PER_ADDRESS or JOBQUEUE_AUTH_FAILURES_TOTAL in a JOBQUEUE_AUTH_WINDOW_S
+window it answers 429 with Retry-After instead of 401. A valid credential is checked first and
+costs nothing extra, so it is never slowed or refused by the throttle (nor by an attacker who fills
+the counters); what makes guessing hopeless remains the secrets' length. When Redis is down the
+throttle steps aside: the answer is the 401 it would have been.
+
+Replay protection (QStash): a token whose drain succeeded is refused until it expires; a token
+whose drain failed is accepted again (QStash retries a failed delivery with the same token); a
+copy arriving while its drain still runs gets 409, so no token runs two drains at once.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
+import ipaddress
+import logging
+import secrets
 import time
 import warnings
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from fastapi import Request
 
-from jobqueue.errors import Unauthorized
+from jobqueue.errors import Unauthorized, Unavailable
 
 from .deps import SettingsDep, read_body, resources
+from .http_errors import TokenInUse, TooManyAttempts
 
 if TYPE_CHECKING:
     from jobqueue.engine import JobQueue
@@ -31,13 +51,16 @@ CLOCK_SKEW_S = 5
 # QStash delivers the body we published (empty for a drain kick); anything big is not from us.
 WORKER_BODY_LIMIT = 64 * 1024
 REQUIRED_CLAIMS = ["iss", "sub", "exp", "nbf", "body", "jti"]
+HTTP_WHITESPACE = " \t"  # RFC 9110 OWS: the only padding a header value may carry
+
+log = logging.getLogger("jobqueue.api")
 
 
 def bearer_token(request: Request) -> str | None:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer":
         return None
-    return token.strip() or None
+    return token.strip(HTTP_WHITESPACE) or None
 
 
 def secret_matches(given: str | None, secret: str | None) -> bool:
@@ -46,23 +69,89 @@ def secret_matches(given: str | None, secret: str | None) -> bool:
     return hmac.compare_digest(given.encode(), secret.encode())
 
 
+def client_address(request: Request, settings: Settings) -> str:
+    """Whom failures are counted against: the direct peer, or the first X-Forwarded-For (else
+    X-Real-IP) hop when the proxy is trusted (JOBQUEUE_AUTH_TRUST_PROXY; by default on Vercel,
+    whose edge overwrites both headers, so a client cannot choose its own address). IPv6 counts
+    per /64, which one client typically holds whole."""
+    trust = settings.auth_trust_proxy if settings.auth_trust_proxy is not None else bool(settings.vercel_env)
+    candidates = []
+    if trust:
+        candidates += [request.headers.get(h, "").split(",")[0].strip() for h in ("x-forwarded-for", "x-real-ip")]
+    candidates.append(request.client.host if request.client else "")
+    for value in candidates:
+        try:
+            ip = ipaddress.ip_address(value)
+        except ValueError:
+            continue
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is None:
+            return str(ipaddress.IPv6Network((ip, 64), strict=False).network_address) + "/64"
+        return str(ip.ipv4_mapped or ip) if isinstance(ip, ipaddress.IPv6Address) else str(ip)
+    return "unknown"
+
+
+async def count_failure(request: Request) -> None:
+    """Record a failed credential; raise TooManyAttempts (429) past a limit. One Redis request."""
+    res = resources(request)
+    s = res.settings
+    window_ms = s.auth_window_s * 1000
+    try:
+        jq = res.jq()
+        now_ms = jq.clock.ms()
+        mine, everyone = await jq.broker.auth_failure(client_address(request, s), now_ms, window_ms)
+    except Unavailable as e:
+        # Fail open to the plain 401: an outage must not turn bad credentials into 503s.
+        log.warning("auth throttle skipped: %s unavailable", e.dependency)
+        return
+    if mine > s.auth_failures_per_address or everyone > s.auth_failures_total:
+        retry_after_s = -(-(window_ms - now_ms % window_ms) // 1000)  # to the window's end, rounded up
+        raise TooManyAttempts(retry_after_s, f"too many failed credentials; retry after {retry_after_s} s")
+
+
+async def refuse(request: Request, message: str) -> NoReturn:
+    await count_failure(request)
+    raise Unauthorized(message)
+
+
 async def require_api_token(request: Request, settings: SettingsDep) -> None:
     if not secret_matches(bearer_token(request), settings.api_token):
-        raise Unauthorized("a valid Authorization: Bearer <JOBS_API_TOKEN> header is required")
+        await refuse(request, "a valid Authorization: Bearer <JOBS_API_TOKEN> header is required")
 
 
-async def require_worker(request: Request, settings: SettingsDep) -> None:
+async def require_worker(request: Request, settings: SettingsDep) -> AsyncIterator[None]:
+    """A dependency with `yield`: the route's outcome decides what a QStash token's marker
+    becomes (done after a drain that succeeded; deleted after one that failed)."""
     token = bearer_token(request)
     if secret_matches(token, settings.worker_secret) or secret_matches(token, settings.cron_secret):
+        yield
         return
     signature = request.headers.get("upstash-signature")
-    if signature:
-        body = await read_body(request, WORKER_BODY_LIMIT)
-        keys = [k for k in (settings.qstash_current_signing_key, settings.qstash_next_signing_key) if k]
+    if not signature:
+        await refuse(request, "a worker secret, CRON_SECRET or a valid Upstash-Signature is required")
+    body = await read_body(request, WORKER_BODY_LIMIT)
+    keys = [k for k in (settings.qstash_current_signing_key, settings.qstash_next_signing_key) if k]
+    try:
         claims = verify_qstash_signature(signature, body, expected_url(request, settings), keys)
-        await claim_once(resources(request).jq(), claims)
-        return
-    raise Unauthorized("a worker secret, CRON_SECRET or a valid Upstash-Signature is required")
+    except Unauthorized:
+        await count_failure(request)
+        raise
+    jq = resources(request).jq()
+    jti = str(claims["jti"])
+    owner = secrets.token_hex(8)
+    await claim_once(jq, jti, owner, settings)
+    try:
+        yield
+    except BaseException:
+        # QStash retries with this token: let it in. Should Redis be down, the marker expires
+        # after JOBQUEUE_MAX_DURATION_S anyway.
+        with contextlib.suppress(Unavailable):
+            await jq.broker.token_abandon(jti, owner)
+        raise
+    try:
+        await jq.broker.token_done(jti, token_ttl_ms(claims))
+    except Unavailable:
+        # The drain succeeded; a replay once the in-flight marker expires would only drain again.
+        log.warning("could not mark a QStash token used: redis unavailable")
 
 
 def expected_url(request: Request, settings: Settings) -> str:
@@ -116,10 +205,18 @@ def verify_qstash_signature(token: str, body: bytes, url: str, keys: list[str]) 
     return claims
 
 
-async def claim_once(jq: JobQueue, claims: dict[str, Any]) -> None:
-    """Refuse a replayed token: its `jti` is recorded (SET NX) until the token expires anyway.
-    Only verified tokens get here, so an anonymous caller cannot write keys."""
-    ttl_ms = max(1000, int((float(claims["exp"]) - time.time() + CLOCK_SKEW_S) * 1000))
-    first = await jq.broker.try_lock(f"{jq.keys.nonce_prefix}{claims['jti']}", "1", ttl_ms)
-    if not first:
+def token_ttl_ms(claims: dict[str, Any]) -> int:
+    """Until the token expires anyway (plus the clock slack): after that PyJWT refuses it."""
+    return max(1000, int((float(claims["exp"]) - time.time() + CLOCK_SKEW_S) * 1000))
+
+
+async def claim_once(jq: JobQueue, jti: str, owner: str, settings: Settings) -> None:
+    """Take the token for this drain, or refuse a replay. Only verified tokens get here, so an
+    anonymous caller cannot write keys. The in-flight marker outlives any drain (a function runs
+    at most JOBQUEUE_MAX_DURATION_S), so a worker killed mid-drain frees its token by itself."""
+    running_ms = int(settings.max_duration_s * 1000)
+    found = await jq.broker.token_begin(jti, owner, running_ms)
+    if found == "done":
         raise Unauthorized("Upstash-Signature was already used")
+    if found is not None:
+        raise TokenInUse(int(settings.max_duration_s), "Upstash-Signature is in use by a drain that is still running")

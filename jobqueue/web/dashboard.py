@@ -22,7 +22,7 @@ from jobqueue.errors import InvalidJob
 from jobqueue.models import STATUSES, JobView
 
 from . import dashboard_actions
-from .auth import secret_matches
+from .auth import HTTP_WHITESPACE, count_failure, secret_matches
 from .dashboard_actions import count_text, failed_count
 from .dashboard_auth import (
     COOKIE,
@@ -39,7 +39,7 @@ from .dashboard_auth import (
 from .dashboard_charts import line as line_chart
 from .dashboard_charts import stacked_bars
 from .dashboard_render import DashboardRoute, asset, render
-from .deps import JQ, MAX_ID, SettingsDep, decode_cursor, encode_cursor
+from .deps import JQ, MAX_ID, SettingsDep, StorableStr, decode_cursor, encode_cursor
 
 if TYPE_CHECKING:
     from jobqueue.engine import JobQueue
@@ -50,9 +50,8 @@ router.include_router(dashboard_actions.router)
 HOURS = 24
 PAGE_SIZE = 50
 
-# Completed and failed jobs per queue and whole hour before $2 (h = 0 is the last hour), through the
-# jobs_finished index. jobqueue.metrics.collect() has the hour per minute but not the day per hour.
-Text = Annotated[str | None, Query(max_length=200)]
+# StorableStr: a NUL in a filter or the search is a 422 page here, as in the API, not a driver error.
+Text = Annotated[StorableStr | None, Query(max_length=200)]
 Limit = Annotated[int, Query(ge=1, le=200)]
 
 
@@ -92,7 +91,8 @@ async def login(
     # Refused like every other cross-site POST: no other site has a reason to post a login here.
     if not same_origin(request, settings.public_url):
         raise CsrfRefused("the request came from another site")
-    if not secret_matches(token, settings.api_token):
+    if not secret_matches(token.strip(HTTP_WHITESPACE), settings.api_token):
+        await count_failure(request)  # 429 past the limit (a valid token is never counted)
         error = (
             "That token is not valid." if settings.api_token else "The dashboard is locked: JOBS_API_TOKEN is not set."
         )
@@ -207,9 +207,10 @@ async def jobs(
     status, queue, type, search = blank(status), blank(queue), blank(type), blank(search)
     if status is not None and status not in STATUSES:
         raise InvalidJob(f"unknown status {status!r}; one of {', '.join(STATUSES)}", field="status")
-    rows, last = await jq.list_jobs(
-        status=status, queue=queue, type=type, search=search, limit=limit, cursor=decode_cursor(blank(cursor))
-    )
+    after = decode_cursor(blank(cursor))
+    # The search matches an id only for 1-18 ASCII digits, and payload text literally (`%` and `_`
+    # are not wildcards): see JobQueue.list_jobs.
+    rows, last = await jq.list_jobs(status=status, queue=queue, type=type, search=search, limit=limit, cursor=after)
     filters = {"status": status, "queue": queue, "type": type, "search": search}
     size = limit if limit != PAGE_SIZE else None
     return render(

@@ -22,7 +22,7 @@ from pydantic import Field
 
 from .dashboard_auth import COOKIE, COOKIE_PATH, CsrfDep
 from .dashboard_render import DashboardRoute, render
-from .deps import JQ, MAX_ID
+from .deps import JQ, MAX_ID, StorableStr
 
 if TYPE_CHECKING:
     from jobqueue.engine import JobQueue
@@ -48,7 +48,7 @@ QUEUE_NAME = r"^[A-Za-z0-9_.-]{1,100}$"
 QueueName = Annotated[str, Path(min_length=1, max_length=100, pattern=QUEUE_NAME)]
 JobId = Annotated[int, Path(ge=1, le=MAX_ID)]
 Confirm = Annotated[str, Form(max_length=10)]
-FilterField = Annotated[str, Form(max_length=200)]
+FilterField = Annotated[StorableStr, Form(max_length=200)]  # a NUL is a 422 page, not a driver error
 
 
 def notice(request: Request) -> str | None:

@@ -25,7 +25,9 @@ from fastapi.routing import APIRoute
 
 from jobqueue.errors import JobQueueError, Unavailable
 
-from .dashboard_auth import COOKIE_PATH, CsrfRefused, LoginRequired
+from .dashboard_auth import COOKIE, COOKIE_PATH, CsrfRefused, LoginRequired, same_origin, verify_session
+from .deps import resources
+from .http_errors import retry_after_headers
 
 if TYPE_CHECKING:
     import jinja2
@@ -176,9 +178,20 @@ def _page_for(request: Request, exc: Exception) -> Response | None:
         if exc.status_code >= 500:
             log.error("%s %s: %s: %s", request.method, request.url.path, type(exc).__name__, exc.message)
             return error_page(request, exc.status_code, "Internal error", "internal error")
-        titles = {404: "Not found", 409: "Not allowed in this state", 422: "Invalid request"}
-        return error_page(request, exc.status_code, titles.get(exc.status_code, "Error"), exc.message)
+        titles = {404: "Not found", 409: "Not allowed in this state", 422: "Invalid request", 429: "Too many attempts"}
+        page = error_page(request, exc.status_code, titles.get(exc.status_code, "Error"), exc.message)
+        page.headers.update(retry_after_headers(exc))
+        return page
     return None
+
+
+def precheck(request: Request) -> None:
+    """What require_csrf checks without the body: the origin, and a valid session."""
+    settings = resources(request).settings
+    if not same_origin(request, settings.public_url):
+        raise CsrfRefused("the request came from another site")
+    if verify_session(request.cookies.get(COOKIE), settings.api_token) is None:
+        raise LoginRequired()
 
 
 class DashboardRoute(APIRoute):
@@ -187,9 +200,15 @@ class DashboardRoute(APIRoute):
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
+        # FastAPI parses a form body before any dependency runs: refuse a POST from another site
+        # or without a session first, so such a body is never read (the login is the exception:
+        # it is where a session comes from, and its body is capped small by BodyLimit).
+        guarded = self.body_field is not None and not self.path.endswith("/login")
 
         async def run(request: Request) -> Response:
             try:
+                if guarded:
+                    precheck(request)
                 response = await handler(request)
             except Exception as exc:
                 page = _page_for(request, exc)

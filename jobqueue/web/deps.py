@@ -12,12 +12,14 @@ import base64
 import binascii
 import json
 import math
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 from fastapi import Depends, Query, Request
 from pydantic import AfterValidator, BaseModel
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from jobqueue.errors import PayloadTooLarge, Unavailable
 from jobqueue.models import Status
@@ -75,6 +77,9 @@ class Resources:
         if self._owned and self._jq is not None:
             jq, self._jq = self._jq, None
             await jq.close()
+        http = sys.modules.get("jobqueue.builtins.http")
+        if http is not None:  # only if a webhook was delivered here: never imported just to close
+            await http.aclose_clients()
 
 
 def resources(request: Request) -> Resources:
@@ -114,6 +119,57 @@ async def read_body(request: Request, limit: int) -> bytes:
         if len(buf) > limit:
             raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
     return bytes(buf)
+
+
+class BodyLimit:
+    """ASGI middleware: no route reads a body past its path's limit (`limit_for(path)`), however
+    it parses it. FastAPI parses a `Form(...)` body whole before any dependency runs, so without
+    this a 50 MB form POST to the login or an action was read to the end before its 401/403/303.
+    A declared Content-Length over the limit is answered 413 at once, nothing read; a chunked or
+    lying body is cut at the limit: 413 is answered, and the app sees the client disconnect (its
+    own response is dropped). Routes keep their own, tighter checks (`read_body`)."""
+
+    def __init__(self, app: ASGIApp, limit_for: Callable[[str], int]) -> None:
+        self.app = app
+        self.limit_for = limit_for
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit_for(scope["path"])
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > limit:
+            await _too_large(send, f"request body is {int(declared)} bytes; the limit is {limit}")
+            return
+        seen = 0
+        answered = False
+
+        async def bounded_receive() -> Message:
+            nonlocal seen, answered
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    if not answered:
+                        answered = True
+                        await _too_large(send, f"request body exceeds the limit of {limit} bytes")
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            if not answered:
+                await send(message)
+
+        await self.app(scope, bounded_receive, guarded_send)
+
+
+async def _too_large(send: Send, message: str) -> None:
+    body = json.dumps({"error": {"code": "payload_too_large", "message": message}}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    # close: the rest of the body is never read, so the connection cannot carry another request.
+    await send({"type": "http.response.start", "status": 413, "headers": [*headers, (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _no_constant(name: str) -> Any:

@@ -35,6 +35,32 @@ class InvalidRequest(InvalidJob):
     # body), as opposed to the engine's `invalid_job` about the job it describes.
 
 
+class TooManyAttempts(JobQueueError):
+    """Too many failed credentials; try again later."""
+
+    status_code = 429
+
+    def __init__(self, retry_after_s: int, message: str | None = None) -> None:
+        super().__init__(message, retry_after_s=retry_after_s)
+        self.retry_after_s = retry_after_s
+
+
+class TokenInUse(JobQueueError):
+    """This Upstash-Signature is in use by a drain that is still running."""
+
+    status_code = 409
+
+    def __init__(self, retry_after_s: int, message: str | None = None) -> None:
+        super().__init__(message, retry_after_s=retry_after_s)
+        self.retry_after_s = retry_after_s
+
+
+def retry_after_headers(exc: JobQueueError) -> dict[str, str]:
+    """`Retry-After` (whole seconds, at least 1) for errors that say when to come back."""
+    seconds = exc.details.get("retry_after_s")
+    return {"Retry-After": str(max(1, int(seconds)))} if seconds is not None else {}
+
+
 class ErrorDetail(BaseModel):
     code: str
     message: str
@@ -49,6 +75,7 @@ class ErrorBody(BaseModel):
 def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     described = {
         401: "Missing or wrong credentials",
+        429: "Too many failed credentials from this address (or in all); `Retry-After` says when to retry",
         404: "No such job",
         409: "The job's state does not allow this",
         413: "The request body is too large",
@@ -59,7 +86,7 @@ def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 # The errors every authenticated route can answer (documented so clients and schemathesis know them).
-COMMON_ERRORS = _responses(401, 422, 503)
+COMMON_ERRORS = _responses(401, 422, 429, 503)
 NOT_FOUND = _responses(404)
 CONFLICT = _responses(404, 409)
 TOO_LARGE = _responses(413)
@@ -90,7 +117,8 @@ async def _jobqueue_error(request: Request, exc: Exception) -> JSONResponse:
     if status >= 500:
         log.error("%s %s: %s: %s", request.method, request.url.path, type(exc).__name__, exc.message)
         return error_response(status, error_code(exc), "internal error")
-    headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
+    headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else {}
+    headers.update(retry_after_headers(exc))
     field = exc.details.get("field") or None
     return error_response(status, error_code(exc), exc.message, headers, field=field)
 

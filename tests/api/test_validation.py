@@ -86,9 +86,13 @@ async def test_credentials_are_checked_before_the_body_is_read(
     client: httpx.AsyncClient, jq: JobQueue, redis_server: str
 ) -> None:
     for path in ("/api/jobs", "/api/jobs/batch", "/api/dlq/replay"):
-        for content in (b"{not json", b"x" * (LIMIT * 2000)):
+        # Over the route's own limit but within the most any API route reads (BodyLimit's cap).
+        for content in (b"{not json", b"x" * (LIMIT * 900)):
             r = await client.post(path, content=content, headers={"Content-Type": "application/json"})
             assert r.status_code == 401, (path, r.text)
+        # Declared beyond anything an API route reads: 413 before anything, credentials included.
+        r = await client.post(path, content=b"x" * (LIMIT * 2000), headers={"Content-Type": "application/json"})
+        assert r.status_code == 413, (path, r.text)
     await assert_nothing_stored(jq, redis_server)
 
 
