@@ -1,6 +1,8 @@
--- jobqueue: the canonical DDL. Applied by `jobqueue migrate` (idempotent), by the tests and by
--- deploys (psql "$DATABASE_URL" -f schema.sql). The SQLModel `Job` model in jobqueue/models.py
--- must agree with it: tests/integration/test_schema.py checks.
+-- jobqueue: the canonical DDL of the current schema, for reading and for `psql -f schema.sql`.
+-- `jobqueue migrate` brings any database here through the numbered migrations shipped in the
+-- package (jobqueue/sql/migrations/, each idempotent, applied once and recorded in
+-- jobqueue_migrations). tests/integration/test_schema.py checks that a migrated database and one
+-- made from this file are the same, and that the SQLModel `Job` model (jobqueue/table.py) agrees.
 
 CREATE TABLE IF NOT EXISTS jobs (
     id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -26,7 +28,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     history          jsonb       NOT NULL DEFAULT '[]'::jsonb,
     created_at       timestamptz NOT NULL DEFAULT now(),
     started_at       timestamptz,
-    finished_at      timestamptz
+    finished_at      timestamptz,
+    -- false until a job enqueued inside an application's transaction is indexed in Redis (0002)
+    dispatched       boolean     NOT NULL DEFAULT true
 );
 
 -- idempotency: a key is unique per queue
@@ -57,3 +61,6 @@ CREATE INDEX IF NOT EXISTS jobs_due ON jobs (queue, run_at) WHERE status IN ('pe
 -- metrics and alerts: dead-letter and cancelled counts per queue as index-only scans (also the
 -- per-queue DLQ listing). Rows enter it only when they fail or are cancelled.
 CREATE INDEX IF NOT EXISTS jobs_dead ON jobs (queue, status, id DESC) WHERE status IN ('failed', 'cancelled');
+
+-- jobs enqueued in an application's transaction that are not indexed yet: the dispatch sweep (0002)
+CREATE INDEX IF NOT EXISTS jobs_undispatched ON jobs (id) WHERE NOT dispatched;

@@ -16,7 +16,7 @@ from typing import Any
 import asyncpg
 import redis
 
-from jobqueue.store import schema_sql
+from jobqueue.store import Store
 
 ADMIN_URL = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/8")
@@ -34,11 +34,11 @@ async def create_db(name: str) -> str:
         await conn.execute(f"CREATE DATABASE {name}")
     finally:
         await conn.close()
-    conn = await asyncpg.connect(db_url(name))
+    store = Store(db_url(name))
     try:
-        await conn.execute(schema_sql())
+        await store.migrate()
     finally:
-        await conn.close()
+        await store.close()
     return db_url(name)
 
 

@@ -30,7 +30,7 @@ from jobqueue.clock import Clock
 from jobqueue.engine import JobQueue
 from jobqueue.metrics import collect
 from jobqueue.settings import Settings
-from jobqueue.store import QUERIES, Store, schema_sql
+from jobqueue.store import QUERIES, Store
 from jobqueue.transports import RedisPyTransport
 
 ADMIN_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -98,8 +98,8 @@ async def main(rows: int, days: float) -> None:
     settings = Settings(JOBQUEUE_PREFIX="benchmetrics", DATABASE_URL=url)
     jq = JobQueue(Store(url), redis, default_registry(), settings, Clock())
     try:
+        await jq.store.migrate()
         conn = await asyncpg.connect(url)
-        await conn.execute(schema_sql())
         now = jq.clock.now()
         t0 = time.perf_counter()
         await conn.execute(FILL, now, rows, days)

@@ -27,6 +27,26 @@ UNLOCK = Script.load("unlock")
 # Turn markers expire this long after their interval in real time: Redis only forgets markers
 # nobody asks about any more; the due time itself is the stored value, in the engine's clock.
 TURN_EXPIRY_SLACK_MS = 10 * 60 * 1000
+# After a job is enqueued inside an application's transaction, claims run the dispatch sweep every
+# SWEEP_EVERY_MS for SWEEP_WINDOW_MS, in case it commits without its push (reconcile.sweep).
+SWEEP_EVERY_MS = 1000
+SWEEP_WINDOW_MS = 120_000
+ARM_SWEEP = Script(
+    "arm_sweep",
+    """
+-- Ask claims to run the dispatch sweep from ARGV[1] (due ms) until ARGV[2] (ms), keeping an
+-- earlier due time and a later end already there. KEYS[1] the sweep marker. Commands: 2.
+local due, untill = tonumber(ARGV[1]), tonumber(ARGV[2])
+local old = redis.call("GET", KEYS[1])
+if old then
+  local colon = string.find(old, ":", 1, true)
+  due = math.min(due, tonumber(string.sub(old, 1, colon - 1)))
+  untill = math.max(untill, tonumber(string.sub(old, colon + 1)))
+end
+redis.call("SET", KEYS[1], due .. ":" .. untill, "PX", ARGV[3])
+return 1
+""",
+)
 
 
 @dataclass
@@ -45,6 +65,10 @@ class Claimed:
     @property
     def reconcile_due(self) -> bool:
         return "R" in self.flags
+
+    @property
+    def sweep_due(self) -> bool:
+        return "S" in self.flags
 
 
 def job_member(row: dict[str, Any]) -> str:
@@ -174,8 +198,8 @@ class Broker:
         token: str,
         reconcile_interval_ms: int,
     ) -> Claimed:
-        keys = [self.keys.queues, self.keys.paused, self.keys.epoch, self.keys.reconcile_due]
-        args: list[Any] = [now_ms, limit, lease_deadline_ms, token, reconcile_interval_ms]
+        keys = [self.keys.queues, self.keys.paused, self.keys.epoch, self.keys.reconcile_due, self.keys.sweep]
+        args: list[Any] = [now_ms, limit, lease_deadline_ms, token, reconcile_interval_ms, SWEEP_EVERY_MS]
         for q, n in queue_limits:
             keys += [self.keys.delayed(q), self.keys.processing(q), *self.keys.ready_all(q)]
             args += [q, max(0, n)]
@@ -206,6 +230,14 @@ class Broker:
             by_key[self.keys.processing(lease.queue)] += [lease.deadline_ms, lease_member(lease.member, lease.token)]
         if by_key:
             await self.redis.pipeline([["ZADD", k, "GT", *args] for k, args in by_key.items()])
+
+    async def arm_sweep(self, now_ms: int) -> None:
+        """Jobs were enqueued inside an application's transaction: until the window ends, claims
+        run the dispatch sweep now and then (see reconcile.sweep)."""
+        until = now_ms + SWEEP_WINDOW_MS
+        await self.redis.script(
+            ARM_SWEEP, [self.keys.sweep], [now_ms + SWEEP_EVERY_MS, until, _expiry(SWEEP_WINDOW_MS)]
+        )
 
     # --- clock-based turns and locks ----------------------------------------------------------
 

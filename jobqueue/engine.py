@@ -7,28 +7,23 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
-
-import orjson
 
 from .broker import Broker, job_member
 from .clock import Clock, iso
 from .drain import DrainReport, DrainState
-from .errors import ConfigurationError, InvalidJob, InvalidState, JobNotFound, PayloadTooLarge, RedisUnavailable
+from .enqueue import MAX_BATCH, Enqueuer
+from .errors import ConfigurationError, InvalidJob, InvalidState, JobNotFound, RedisUnavailable
 from .keys import Keys
-from .models import STATUSES, Backoff, JobRequest, JobView
+from .models import STATUSES, JobRequest, JobView
 from .registry import Registry
 from .settings import Settings
 from .store import Row, Store
 from .transports import RedisPyTransport, RedisTransport, UpstashTransport
-from .validation import check_id, encode_payload, like_pattern, parse_request, search_id
+from .validation import check_id, like_pattern, search_id
 
 log = logging.getLogger("jobqueue")
-
-MAX_BATCH = 1000
-DEFAULT_MAX_ATTEMPTS = 3
-DEFAULT_BACKOFF = Backoff()
 
 
 def transport_from_settings(s: Settings) -> RedisTransport:
@@ -57,8 +52,7 @@ class JobQueue:
         # What this process's drains share: the queues they know, their rotation, and whether a
         # push failed here (the drain owns it; see drain/state.py).
         self.dispatch = DrainState(registry.queues)
-        # Called (awaited) when an enqueue wins the kick debounce; see web/kick.py.
-        self.kicker: Callable[[], Awaitable[None]] | None = None
+        self.enqueuer = Enqueuer(store, self.broker, registry, self.settings, self.clock, self.dispatch)
         # Awaited after every drain with (engine, report): housekeeping, alerts. See drain/loop.py.
         self.drain_hooks: list[Callable[[JobQueue, DrainReport], Awaitable[None]]] = []
 
@@ -83,6 +77,15 @@ class JobQueue:
         return jq
 
     @property
+    def kicker(self) -> Callable[[], Awaitable[None]] | None:
+        """Awaited when an enqueue wins the kick's turn (web/kick.py installs QStash's)."""
+        return self.enqueuer.kicker
+
+    @kicker.setter
+    def kicker(self, kicker: Callable[[], Awaitable[None]] | None) -> None:
+        self.enqueuer.kicker = kicker
+
+    @property
     def queues(self) -> set[str]:
         """Every queue this process knows of."""
         return self.dispatch.queues
@@ -93,144 +96,48 @@ class JobQueue:
         return self.broker.redis
 
     async def close(self) -> None:
+        await self.enqueuer.close()
         await self.store.close()
         await self.broker.redis.close()
 
     # --- enqueue ----------------------------------------------------------------------------
 
-    def _prepare(self, req: JobRequest | dict[str, Any], index: int | None = None) -> dict[str, Any]:
-        try:
-            if not isinstance(req, JobRequest):
-                req = parse_request(req)
-            jt = self.registry.get(req.type)
-            jt.validate(req.payload)
-        except InvalidJob as e:
-            if index is None:
-                raise
-            raise InvalidJob(f"jobs[{index}]: {e.message}", field=f"jobs.{index}.{e.field}", index=index) from e
-        payload = encode_payload(req.payload)
-        if req.idempotency_key is not None and "\x00" in req.idempotency_key:
-            raise InvalidJob("idempotency_key must not contain NUL characters", field="idempotency_key")
-        if len(payload) > self.settings.max_payload_bytes:
-            raise PayloadTooLarge(f"payload is {len(payload)} bytes; the limit is {self.settings.max_payload_bytes}")
-        now = self.clock.now()
-        if req.delay_ms:
-            run_at = now + timedelta(milliseconds=req.delay_ms)
-        elif req.run_at is not None:
-            run_at = max(req.run_at, now)
-        else:
-            run_at = now
-        backoff = req.backoff or jt.backoff or DEFAULT_BACKOFF
-        # The columns both the INSERT document and the locally rebuilt row carry.
-        columns = {
-            "queue": req.queue or jt.queue,
-            "type": req.type,
-            "status": "scheduled" if run_at > now else "pending",
-            "priority": req.priority,
-            "max_attempts": req.max_attempts or jt.max_attempts or DEFAULT_MAX_ATTEMPTS,
-            "backoff": backoff.model_dump(),
-            "timeout_ms": req.timeout_ms or jt.timeout_ms or self.settings.default_timeout_ms,
-            "idempotency_key": req.idempotency_key,
-        }
-        return {
-            **columns,
-            "columns": columns,
-            "payload": req.payload,
-            "payload_json": payload,
-            "run_at": run_at,
-            "created_at": now,
-        }
-
-    async def enqueue(self, req: JobRequest | dict[str, Any]) -> tuple[Row, bool]:
-        """Enqueue one job. Returns (row, created); created is False for a repeated idempotency key."""
-        return (await self._enqueue_prepared([self._prepare(req)]))[0]
+    async def enqueue(
+        self, req: JobRequest | dict[str, Any], *, connection: Any = None, session: Any = None
+    ) -> tuple[Row, bool]:
+        """Enqueue one job. Returns (row, created); created is False for a repeated idempotency key.
+        `connection` (asyncpg) or `session` (SQLAlchemy/SQLModel AsyncSession): insert inside the
+        application's own transaction (see enqueue.py)."""
+        return (await self.enqueue_many([req], connection=connection, session=session, single=True))[0]
 
     async def enqueue_from_handler(self, req: JobRequest | dict[str, Any]) -> JobView:
         """`ctx.enqueue` in a handler: a follow-up job, answered as the API shows it."""
         row, _ = await self.enqueue(req)
         return JobView.from_row(row)
 
-    async def enqueue_many(self, reqs: Sequence[JobRequest | dict[str, Any]]) -> list[tuple[Row, bool]]:
+    async def enqueue_many(
+        self,
+        reqs: Sequence[JobRequest | dict[str, Any]],
+        *,
+        connection: Any = None,
+        session: Any = None,
+        single: bool = False,
+    ) -> list[tuple[Row, bool]]:
         """All-or-nothing: every request is validated before anything is written; then one INSERT
-        and one Redis request for the lot."""
+        and one Redis request for the lot. `connection`/`session` as for `enqueue`."""
         if len(reqs) > MAX_BATCH:
             raise InvalidJob(f"at most {MAX_BATCH} jobs per batch, got {len(reqs)}", field="jobs")
-        prepared = [self._prepare(r, i) for i, r in enumerate(reqs)]
-        return await self._enqueue_prepared(prepared) if prepared else []
+        prepared = [self.enqueuer.prepare(r, None if single else i) for i, r in enumerate(reqs)]
+        if not prepared:
+            return []
+        if session is not None:
+            return await self.enqueuer.enqueue_in_session(session, prepared)
+        return await self.enqueuer.insert(prepared, on=connection)
 
-    async def _enqueue_prepared(self, jobs: list[dict[str, Any]], *, again: bool = True) -> list[tuple[Row, bool]]:
-        # One JSON document for the whole batch: asyncpg encodes one text parameter instead of
-        # eleven arrays, and Postgres parses it in C. The payloads are embedded as already encoded.
-        doc = orjson.dumps(
-            [
-                {
-                    "n": i,
-                    **j["columns"],
-                    "payload": orjson.Fragment(j["payload_json"]),
-                    "run_at_us": _us(j["run_at"]),
-                    "created_us": _us(j["created_at"]),
-                }
-                for i, j in enumerate(jobs)
-            ]
-        ).decode()
-        returned = sorted(await self.store.fetch("insert_jobs", doc), key=lambda r: r["id"])
-        # Identity values follow the insert order, so the unkeyed ids match the unkeyed jobs in
-        # order; keyed jobs match by key (the first job with a key wins within a batch).
-        unkeyed = iter(r["id"] for r in returned if not r["idempotency_key"])
-        key_ids = {(r["queue"], r["idempotency_key"]): r["id"] for r in returned if r["idempotency_key"]}
-        # Rows are rebuilt from what was sent rather than returned by Postgres: decoding
-        # RETURNING * was the largest cost of a bulk enqueue after the insert itself.
-        inserted: list[Row] = []
-        out: list[tuple[Row, bool] | None] = []
-        missing: list[tuple[str, str]] = []
-        for j in jobs:
-            key = (j["queue"], j["idempotency_key"]) if j["idempotency_key"] else None
-            if key is None:
-                row = _new_row(j, next(unkeyed))
-            elif key in key_ids:
-                row = _new_row(j, key_ids.pop(key))
-            else:
-                missing.append(key)
-                out.append(None)
-                continue
-            inserted.append(row)
-            out.append((row, True))
-        if missing:
-            # The key existed (or repeated within the batch): answer the job that holds it. ON
-            # CONFLICT waited for any concurrent inserter to commit, so the row is visible now.
-            existing = await self.store.fetch("jobs_by_keys", [q for q, _ in missing], [k for _, k in missing])
-            found = {(r["queue"], r["idempotency_key"]): (r, False) for r in existing}
-            vanished = [j for i, j in enumerate(jobs) if out[i] is None and _key(j) not in found]
-            if vanished and again:
-                # The job holding the key was deleted (retention, purge) between our INSERT and
-                # this read: the key is free again, so insert once more.
-                for j, got in zip(vanished, await self._enqueue_prepared(vanished, again=False), strict=True):
-                    found[_key(j)] = got
-            for i, j in enumerate(jobs):
-                if out[i] is None:
-                    if _key(j) not in found:
-                        raise InvalidState(f"idempotency key {j['idempotency_key']!r} is held by a job being deleted")
-                    out[i] = found[_key(j)]
-        if inserted:
-            await self._dispatch(inserted)
-        return [o for o in out if o is not None]
-
-    async def _dispatch(self, rows: list[Row]) -> None:
-        """Index new rows in Redis. A failure here loses nothing: the rows are in Postgres and
-        the next reconcile indexes them (in this process, the very next drain)."""
-        want_kick = self.kicker is not None and any(r["status"] == "pending" for r in rows)
-        kick = (self.clock.ms(), self.settings.kick_interval_ms) if want_kick else None
-        try:
-            won = await self.broker.push(rows, kick=kick)
-        except RedisUnavailable as e:
-            self.dispatch.needs_reconcile = True
-            log.warning("enqueue: jobs stored but not indexed in Redis (reconcile will): %s", e.message)
-            return
-        if won and self.kicker is not None:
-            try:
-                await self.kicker()
-            except Exception as e:  # a kick is an optimisation; cron still drains
-                log.warning("kick failed: %s", e)
+    def transaction(self, connection: Any) -> Any:
+        """`async with jq.transaction(conn):` a transaction on the application's asyncpg
+        connection; jobs enqueued in it with `connection=conn` are pushed once it commits."""
+        return self.enqueuer.transaction(connection)
 
     # --- reads ------------------------------------------------------------------------------
 
@@ -321,7 +228,7 @@ class JobQueue:
         now = self.clock.now()
         rows = await self.store.fetch("rerun", ids, now, iso(now))
         if rows:
-            await self._dispatch(rows)
+            await self.enqueuer.dispatch(rows)
         return rows
 
     async def replay(self, ids: list[int] | None = None, *, queue: str | None = None, type: str | None = None) -> int:
@@ -373,38 +280,6 @@ class JobQueue:
         """Both dependencies answer (the health route)."""
         await self.store.ping()
         await self.broker.ping()
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def _key(j: dict[str, Any]) -> tuple[str, str]:
-    return (j["queue"], j["idempotency_key"])
-
-
-def _us(dt: datetime) -> int:
-    """Microseconds since the epoch, exactly (a float timestamp can be 1 us off)."""
-    d = dt - _EPOCH
-    return (d.days * 86_400 + d.seconds) * 1_000_000 + d.microseconds
-
-
-def _new_row(j: dict[str, Any], job_id: int) -> Row:
-    """The row Postgres now holds for a job just inserted (what RETURNING * would have said)."""
-    return {
-        "id": job_id,
-        **j["columns"],
-        "payload": j["payload"],
-        "attempts": 0,
-        "run_at": j["run_at"],
-        "lease_token": None,
-        "lease_expires_at": None,
-        "result": None,
-        "error": None,
-        "history": [],
-        "created_at": j["created_at"],
-        "started_at": None,
-        "finished_at": None,
-    }
 
 
 def view(row: Row) -> dict[str, Any]:

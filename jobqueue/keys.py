@@ -46,6 +46,12 @@ class Keys:
         return f"{self.prefix}:reconcile:next"
 
     @property
+    def sweep(self) -> str:
+        """ "due_ms:until_ms": jobs were enqueued inside application transactions; until `until`,
+        claims run the dispatch sweep every so often in case one committed without its push."""
+        return f"{self.prefix}:sweep"
+
+    @property
     def reconcile_lock(self) -> str:
         return f"{self.prefix}:reconcile:lock"
 

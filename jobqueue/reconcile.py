@@ -11,6 +11,12 @@
 
 A duplicate entry is harmless (the claim grants each job once), so a race between two reconciles
 costs a wasted pop, never a double run.
+
+- sweep (jobs enqueued inside an application's transaction, `dispatched = false` until pushed):
+  index the committed ones nobody pushed, because the process died between the application's
+  commit and the push, or the application committed a transaction it managed itself. Claims ask
+  for it every second for two minutes after such an enqueue (the `sweep` marker), and every
+  periodic reconcile runs it too.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ async def reconcile(
             restored = await _full(store, broker, state)
         else:
             restored = await _periodic(store, broker, state, clock, FRESH_S if fresh_s is None else fresh_s)
+            restored += await sweep(store, broker, state)
     finally:
         await broker.unlock(broker.keys.reconcile_lock, owner)
     if restored:
@@ -97,3 +104,18 @@ async def _periodic(store: Store, broker: Broker, state: DrainState, clock: Cloc
                 await broker.push(missing)
                 restored += len(missing)
     return restored
+
+
+async def sweep(store: Store, broker: Broker, state: DrainState) -> int:
+    """Index committed jobs that were never pushed; returns how many. One statement when there
+    are none (an index-only probe of `jobs_undispatched`)."""
+    swept = 0
+    while True:
+        rows = await store.fetch("dispatch_sweep", PAGE)
+        if not rows:
+            return swept
+        await broker.push(rows)
+        state.queues |= {r["queue"] for r in rows}
+        swept += len(rows)
+        if len(rows) < PAGE:
+            return swept

@@ -16,8 +16,8 @@ import re
 import ssl as ssl_module
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -41,11 +41,21 @@ def load_queries() -> dict[str, str]:
 QUERIES = load_queries()
 
 
-def schema_sql() -> str:
-    root = Path(__file__).resolve().parents[1] / "schema.sql"
-    if root.exists():
-        return root.read_text()
-    return resources.files("jobqueue").joinpath("sql/schema.sql").read_text()
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def migrations() -> list[Migration]:
+    """The numbered migrations shipped in the package (sql/migrations/NNNN_name.sql), in order."""
+    found = []
+    for entry in resources.files("jobqueue").joinpath("sql/migrations").iterdir():
+        m = re.fullmatch(r"(\d{4})_(\w+)\.sql", entry.name)
+        if m:
+            found.append(Migration(int(m.group(1)), m.group(2), entry.read_text()))
+    return sorted(found, key=lambda m: m.version)
 
 
 def parse_database_url(url: str) -> tuple[str, Any]:
@@ -178,6 +188,28 @@ class Store:
                 raise PostgresUnavailable(f"postgres: {type(e).__name__}: {e}") from e
         return [dict(r) for r in rows]
 
+    async def fetch_on(self, connection: Any, name: str, *args: Any) -> list[Row]:
+        """Run the named statement on an application's own asyncpg connection (inside its
+        transaction, if it has one open). Its codecs are not ours: JSON arrives as text."""
+        self.statements += 1
+        try:
+            rows = await connection.fetch(QUERIES[name], *args)
+        except _DOWN as e:
+            raise PostgresUnavailable(f"postgres: {type(e).__name__}: {e}") from e
+        except asyncpg.PostgresError as e:
+            raise StatementFailed(f"postgres refused a statement: {type(e).__name__}: {e}") from e
+        return [dict(r) for r in rows]
+
+    async def session_connection(self, session: Any) -> Any:
+        """The asyncpg connection under a SQLAlchemy/SQLModel AsyncSession, with the session's
+        transaction started on it (SQLAlchemy's asyncpg adapter begins lazily, at its first
+        statement; a job inserted before that would commit on its own)."""
+        conn = await session.connection()
+        driver = (await conn.get_raw_connection()).driver_connection
+        if not driver.is_in_transaction():
+            await conn.exec_driver_sql(QUERIES["ping"])
+        return driver
+
     async def fetchrow(self, name: str, *args: Any) -> Row | None:
         rows = await self.fetch(name, *args)
         return rows[0] if rows else None
@@ -187,12 +219,24 @@ class Store:
         async with self.connection() as conn:
             await conn.execute(sql)
 
-    async def migrate(self) -> None:
-        """Apply schema.sql; idempotent (every statement is IF NOT EXISTS). Serialised by an
-        advisory lock held for the transaction, so concurrent deploys do not race."""
+    async def migrate(self) -> list[int]:
+        """Apply the migrations this database has not had, in order, in one transaction, and
+        record each; returns the versions applied. Serialised by an advisory lock held for the
+        transaction, so concurrent deploys do not race; running it again applies nothing. Every
+        migration is idempotent too, so a database made from schema.sql (which records none)
+        upgrades cleanly."""
+        applied: list[int] = []
         async with self.connection() as conn, conn.transaction():
             await conn.execute(QUERIES["migrate_lock"])
-            await conn.execute(schema_sql())
+            await conn.execute(QUERIES["migrations_table"])
+            done = {r["version"] for r in await conn.fetch(QUERIES["migrations_applied"])}
+            for m in migrations():
+                if m.version in done:
+                    continue
+                await conn.execute(m.sql)
+                await conn.execute(QUERIES["migration_record"], m.version, m.name)
+                applied.append(m.version)
+        return applied
 
     async def ping(self) -> None:
         async with self.connection() as conn:

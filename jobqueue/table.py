@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, Identity, SmallInteger, Text
+from sqlalchemy import BigInteger, Boolean, Column, Identity, SmallInteger, Text
 from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP
 from sqlmodel import Field as SQLField
 from sqlmodel import SQLModel
@@ -39,3 +39,4 @@ class Job(SQLModel, table=True):
     created_at: datetime = SQLField(sa_column=Column(TIMESTAMP(timezone=True), nullable=False))
     started_at: datetime | None = SQLField(default=None, sa_column=Column(TIMESTAMP(timezone=True)))
     finished_at: datetime | None = SQLField(default=None, sa_column=Column(TIMESTAMP(timezone=True)))
+    dispatched: bool = SQLField(default=True, sa_column=Column(Boolean, nullable=False))

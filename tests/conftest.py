@@ -1,6 +1,6 @@
 """Fresh state per test against the machine's real Postgres and Redis.
 
-- Postgres: a template database with schema.sql is made once per session; each test gets
+- Postgres: a template database, migrated to head, is made once per session; each test gets
   `CREATE DATABASE ... TEMPLATE` (procrastinate's approach) and drops it afterwards.
 - Redis: database 9, a fresh key prefix per test; its keys are deleted afterwards.
 - The Upstash transport runs through `jobqueue upstash-proxy` (a real server process) over the
@@ -28,7 +28,7 @@ from jobqueue.clock import FakeClock
 from jobqueue.engine import JobQueue
 from jobqueue.registry import Registry
 from jobqueue.settings import Settings
-from jobqueue.store import Store, schema_sql
+from jobqueue.store import Store
 from jobqueue.transports import RedisPyTransport, UpstashTransport
 
 ADMIN_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -58,11 +58,11 @@ def pg_template() -> Iterator[str]:
             await conn.execute(f"CREATE DATABASE {TEMPLATE}")
         finally:
             await conn.close()
-        conn = await asyncpg.connect(_db_url(TEMPLATE))
+        store = Store(_db_url(TEMPLATE))
         try:
-            await conn.execute(schema_sql())
+            await store.migrate()  # the shipped migrations, as `jobqueue migrate` applies them
         finally:
-            await conn.close()
+            await store.close()
 
     async def drop() -> None:
         conn = await asyncpg.connect(ADMIN_URL)

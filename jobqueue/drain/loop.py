@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..broker import Ack, Claimed
 from ..clock import iso, to_ms
-from ..reconcile import reconcile
+from ..reconcile import reconcile, sweep
 from .execute import Executor, log_outcome, released
 from .leases import Held, Leases
 from .recorder import Recorder
@@ -260,6 +260,10 @@ class Drain:
                 return None
             self.report.reconciled += result["restored"]
             self._rediscovered = claimed.epoch_missing or bool(result["restored"])
+        if claimed.sweep_due:
+            swept = await sweep(self.store, self.broker, self.state)
+            self.report.reconciled += swept
+            self._rediscovered = self._rediscovered or bool(swept)
         self.state.queues |= set(claimed.known_queues)  # reconcile may have found some too
         self._rediscovered = self._rediscovered or len(self.state.queues) > known_before
         if claimed.members:

@@ -6,7 +6,8 @@
 -- KEYS[2]  SET of paused queue names
 -- KEYS[3]  epoch marker; missing means Redis lost its data and a full reconcile is needed
 -- KEYS[4]  when the next periodic reconcile is due (ms); missing means now
--- then, per queue i (0-based), 12 keys at 5 + 12*i:
+-- KEYS[5]  the dispatch sweep marker "due_ms:until_ms" (keys.py); missing means no sweep
+-- then, per queue i (0-based), 12 keys at 6 + 12*i:
 --   +0 delayed ZSET (score = due ms), +1 processing ZSET (score = lease deadline ms),
 --   +2 .. +11 ready lists for priority 9 down to 0
 -- ARGV[1]  now in ms
@@ -15,20 +16,22 @@
 --          job's own lease once Postgres has granted it, see drain/leases.py)
 -- ARGV[4]  lease token (appended to members in the processing set as "|token")
 -- ARGV[5]  periodic reconcile interval in ms (0 = never)
--- ARGV[6 ..] pairs: queue name, the most this queue may give (its free share of the drain's
+-- ARGV[6]  dispatch sweep interval in ms
+-- ARGV[7 ..] pairs: queue name, the most this queue may give (its free share of the drain's
 --          slots), one pair per 12-key group
 --
 -- Returns {flags, known_queues, q1, {members...}, {recovered...}, q2, ...}
 --   flags: "E" when the epoch marker is missing (then nothing is taken), "R" when a periodic
---   reconcile is due.
+--   reconcile is due, "S" when a dispatch sweep is due.
 -- Recovered members are expired leases (token stripped); members are fresh pops.
--- Commands: 4 fixed + per queue 2 (ZRANGEBYSCORE x2) + promotions + pops + 1 ZADD when any taken.
+-- Commands: 5 fixed + per queue 2 (ZRANGEBYSCORE x2) + promotions + pops + 1 ZADD when any taken.
 
 local now = tonumber(ARGV[1])
 local limit = tonumber(ARGV[2])
 local deadline = ARGV[3]
 local token = ARGV[4]
 local interval = tonumber(ARGV[5])
+local sweep_every = tonumber(ARGV[6])
 
 local flags = ""
 if redis.call("EXISTS", KEYS[3]) == 0 then
@@ -42,16 +45,29 @@ if interval > 0 and now >= tonumber(redis.call("GET", KEYS[4]) or "0") then
   redis.call("SET", KEYS[4], now + interval)
   flags = flags .. "R"
 end
+local sweep = redis.call("GET", KEYS[5])
+if sweep then
+  local colon = string.find(sweep, ":", 1, true)
+  local due, untill = tonumber(string.sub(sweep, 1, colon - 1)), tonumber(string.sub(sweep, colon + 1))
+  if now >= due then
+    flags = flags .. "S"
+    if now < untill then
+      redis.call("SET", KEYS[5], (now + sweep_every) .. ":" .. untill, "KEEPTTL")
+    else
+      redis.call("DEL", KEYS[5])
+    end
+  end
+end
 
 local paused = {}
 for _, q in ipairs(redis.call("SMEMBERS", KEYS[2])) do paused[q] = true end
 local out = {flags, redis.call("SMEMBERS", KEYS[1])}
 
-local nqueues = (#ARGV - 5) / 2
+local nqueues = (#ARGV - 6) / 2
 for i = 0, nqueues - 1 do
-  local queue = ARGV[6 + 2 * i]
-  local qlimit = math.min(tonumber(ARGV[7 + 2 * i]), limit)
-  local base = 5 + 12 * i
+  local queue = ARGV[7 + 2 * i]
+  local qlimit = math.min(tonumber(ARGV[8 + 2 * i]), limit)
+  local base = 6 + 12 * i
   if not paused[queue] then
     local delayed, processing = KEYS[base], KEYS[base + 1]
     -- Promote due delayed members: they have waited, so they go to the popping end (RPUSH).

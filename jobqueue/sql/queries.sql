@@ -9,15 +9,33 @@ SELECT 1;
 -- Serialises concurrent migrations (deploys) for the length of the transaction.
 SELECT pg_advisory_xact_lock(7428190331);
 
+-- name: migrations_table
+-- The record of applied migrations (created by the first `jobqueue migrate`).
+CREATE TABLE IF NOT EXISTS jobqueue_migrations (
+    version    integer PRIMARY KEY,
+    name       text        NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- name: migrations_applied
+-- The versions already applied.
+SELECT version FROM jobqueue_migrations ORDER BY version;
+
+-- name: migration_record
+-- Record one applied migration.
+INSERT INTO jobqueue_migrations (version, name) VALUES ($1, $2);
+
 -- name: insert_jobs
 -- Insert many jobs in one statement from one JSON array ($1, text), in array order ("n"); a
 -- repeated (queue, idempotency_key) inserts nothing. Times are microseconds since the epoch.
+-- $2 dispatched: false for jobs enqueued inside an application's transaction (pushed after it).
 INSERT INTO jobs (queue, type, payload, status, priority, max_attempts, backoff, timeout_ms,
-                  idempotency_key, run_at, created_at)
+                  idempotency_key, run_at, created_at, dispatched)
 SELECT x.queue, x.type, x.payload, x.status, x.priority, x.max_attempts, x.backoff, x.timeout_ms,
        x.idempotency_key,
        'epoch'::timestamptz + x.run_at_us * interval '1 microsecond',
-       'epoch'::timestamptz + x.created_us * interval '1 microsecond'
+       'epoch'::timestamptz + x.created_us * interval '1 microsecond',
+       $2::boolean
 FROM jsonb_to_recordset($1::text::jsonb)
     AS x(n int, queue text, type text, payload jsonb, status text, priority smallint, max_attempts int,
          backoff jsonb, timeout_ms int, idempotency_key text, run_at_us bigint, created_us bigint)
@@ -194,6 +212,21 @@ DELETE FROM jobs WHERE id IN (
 DELETE FROM jobs WHERE id IN (
     SELECT id FROM jobs WHERE finished_at < $2 AND status = $1 ORDER BY finished_at LIMIT $3
 ) RETURNING id;
+
+-- name: dispatch_jobs
+-- Take the dispatch of committed jobs enqueued inside an application's transaction ($1 ids): only
+-- the caller whose update flips `dispatched` pushes them, so the after-commit push and the sweep
+-- never both do. Returns what reconcile's push needs.
+UPDATE jobs SET dispatched = true
+WHERE id = ANY($1::bigint[]) AND NOT dispatched
+RETURNING id, queue, priority, status, created_at, run_at, lease_expires_at;
+
+-- name: dispatch_sweep
+-- The dispatch sweep: up to $1 committed jobs that were never pushed (their process died between
+-- the application's commit and the push, or the application managed its transaction itself).
+UPDATE jobs SET dispatched = true
+WHERE id IN (SELECT id FROM jobs WHERE NOT dispatched ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
+RETURNING id, queue, priority, status, created_at, run_at, lease_expires_at;
 
 -- name: active_jobs
 -- Unfinished jobs for reconcile (all queues when $1 is null), keyset-paged on id.

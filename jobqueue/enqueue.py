@@ -1,0 +1,318 @@
+"""Enqueue: validate, insert (one statement per call), index in Redis (one request per call).
+
+Two ways in:
+- on the queue's own connections (`JobQueue.enqueue`): the row commits at once and is pushed.
+- inside the application's own transaction (`connection=` an asyncpg connection, `session=` a
+  SQLAlchemy/SQLModel AsyncSession): the row commits or rolls back with the application's data,
+  so a job exists exactly when what it is about exists. Redis hears of it only after the commit:
+  the rows are inserted `dispatched = false` and pushed by whoever flips that flag (the
+  after-commit push, or the dispatch sweep), never before the commit, where a drain would find no
+  row and drop the entry. After commit means: at the end of `JobQueue.transaction(conn)`, on the
+  session's `after_commit` event, or at once on a connection with no transaction open. A process
+  that dies between the commit and the push, or an application that commits on its own, leaves
+  the job to the dispatch sweep (reconcile.sweep): claims run it every second for two minutes
+  after such an enqueue, and every periodic reconcile runs it. A rolled-back transaction leaves
+  no row, and nothing in Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+
+from .broker import Broker
+from .clock import Clock
+from .drain import DrainState
+from .errors import InvalidJob, InvalidState, PayloadTooLarge, RedisUnavailable
+from .models import Backoff, JobRequest
+from .registry import Registry
+from .settings import Settings
+from .store import Row, Store
+from .validation import encode_payload, parse_request
+
+log = logging.getLogger("jobqueue")
+
+MAX_BATCH = 1000
+DEFAULT_MAX_ATTEMPTS = 3
+DEFAULT_BACKOFF = Backoff()
+SESSION_PENDING = "jobqueue.pending"  # session.info key: rows to push after the session commits
+
+# The transaction opened by `Enqueuer.transaction`: its connection and the rows to push after it.
+_open_tx: ContextVar[tuple[Any, list[Row]] | None] = ContextVar("jobqueue_transaction", default=None)
+
+Kicker = Callable[[], Awaitable[None]]
+
+
+class Enqueuer:
+    def __init__(
+        self, store: Store, broker: Broker, registry: Registry, settings: Settings, clock: Clock, state: DrainState
+    ) -> None:
+        self.store = store
+        self.broker = broker
+        self.registry = registry
+        self.settings = settings
+        self.clock = clock
+        self.state = state
+        # Awaited when an enqueue wins the kick's turn; see web/kick.py.
+        self.kicker: Kicker | None = None
+        self._background: set[asyncio.Task[None]] = set()
+
+    def prepare(self, req: JobRequest | dict[str, Any], index: int | None = None) -> dict[str, Any]:
+        try:
+            if not isinstance(req, JobRequest):
+                req = parse_request(req)
+            jt = self.registry.get(req.type)
+            jt.validate(req.payload)
+        except InvalidJob as e:
+            if index is None:
+                raise
+            raise InvalidJob(f"jobs[{index}]: {e.message}", field=f"jobs.{index}.{e.field}", index=index) from e
+        payload = encode_payload(req.payload)
+        if req.idempotency_key is not None and "\x00" in req.idempotency_key:
+            raise InvalidJob("idempotency_key must not contain NUL characters", field="idempotency_key")
+        if len(payload) > self.settings.max_payload_bytes:
+            raise PayloadTooLarge(f"payload is {len(payload)} bytes; the limit is {self.settings.max_payload_bytes}")
+        now = self.clock.now()
+        if req.delay_ms:
+            run_at = now + timedelta(milliseconds=req.delay_ms)
+        elif req.run_at is not None:
+            run_at = max(req.run_at, now)
+        else:
+            run_at = now
+        backoff = req.backoff or jt.backoff or DEFAULT_BACKOFF
+        # The columns both the INSERT document and the locally rebuilt row carry.
+        columns = {
+            "queue": req.queue or jt.queue,
+            "type": req.type,
+            "status": "scheduled" if run_at > now else "pending",
+            "priority": req.priority,
+            "max_attempts": req.max_attempts or jt.max_attempts or DEFAULT_MAX_ATTEMPTS,
+            "backoff": backoff.model_dump(),
+            "timeout_ms": req.timeout_ms or jt.timeout_ms or self.settings.default_timeout_ms,
+            "idempotency_key": req.idempotency_key,
+        }
+        return {
+            **columns,
+            "columns": columns,
+            "payload": req.payload,
+            "payload_json": payload,
+            "run_at": run_at,
+            "created_at": now,
+        }
+
+    async def insert(self, jobs: list[dict[str, Any]], *, on: Any = None, again: bool = True) -> list[tuple[Row, bool]]:
+        """Insert prepared jobs (one statement) and index the new ones in Redis (one request).
+        `on`: an application's asyncpg connection; the rows are then part of its transaction and
+        indexed only once that commits (see `_after_insert`)."""
+        # One JSON document for the whole batch: asyncpg encodes one text parameter instead of
+        # eleven arrays, and Postgres parses it in C. The payloads are embedded as already encoded.
+        doc = orjson.dumps(
+            [
+                {
+                    "n": i,
+                    **j["columns"],
+                    "payload": orjson.Fragment(j["payload_json"]),
+                    "run_at_us": _us(j["run_at"]),
+                    "created_us": _us(j["created_at"]),
+                }
+                for i, j in enumerate(jobs)
+            ]
+        ).decode()
+        returned = sorted(await self._fetch(on, "insert_jobs", doc, on is None), key=lambda r: r["id"])
+        # Identity values follow the insert order, so the unkeyed ids match the unkeyed jobs in
+        # order; keyed jobs match by key (the first job with a key wins within a batch).
+        unkeyed = iter(r["id"] for r in returned if not r["idempotency_key"])
+        key_ids = {(r["queue"], r["idempotency_key"]): r["id"] for r in returned if r["idempotency_key"]}
+        # Rows are rebuilt from what was sent rather than returned by Postgres: decoding
+        # RETURNING * was the largest cost of a bulk enqueue after the insert itself.
+        inserted: list[Row] = []
+        out: list[tuple[Row, bool] | None] = []
+        missing: list[tuple[str, str]] = []
+        for j in jobs:
+            key = (j["queue"], j["idempotency_key"]) if j["idempotency_key"] else None
+            if key is None:
+                row = _new_row(j, next(unkeyed))
+            elif key in key_ids:
+                row = _new_row(j, key_ids.pop(key))
+            else:
+                missing.append(key)
+                out.append(None)
+                continue
+            inserted.append(row)
+            out.append((row, True))
+        if missing:
+            # The key existed (or repeated within the batch): answer the job that holds it. ON
+            # CONFLICT waited for any concurrent inserter to commit, so the row is visible now.
+            existing = await self._fetch(on, "jobs_by_keys", [q for q, _ in missing], [k for _, k in missing])
+            found = {(r["queue"], r["idempotency_key"]): (_decoded(r), False) for r in existing}
+            vanished = [j for i, j in enumerate(jobs) if out[i] is None and _key(j) not in found]
+            if vanished and again:
+                # The job holding the key was deleted (retention, purge) between our INSERT and
+                # this read: the key is free again, so insert once more.
+                for j, got in zip(vanished, await self.insert(vanished, on=on, again=False), strict=True):
+                    found[_key(j)] = got
+            for i, j in enumerate(jobs):
+                if out[i] is None:
+                    if _key(j) not in found:
+                        raise InvalidState(f"idempotency key {j['idempotency_key']!r} is held by a job being deleted")
+                    out[i] = found[_key(j)]
+        if inserted:
+            if on is None:
+                await self.dispatch(inserted)
+            else:
+                await self._after_insert(on, inserted)
+        return [o for o in out if o is not None]
+
+    async def dispatch(self, rows: list[Row]) -> None:
+        """Index new rows in Redis. A failure here loses nothing: the rows are in Postgres and
+        the next reconcile indexes them (in this process, the very next drain)."""
+        want_kick = self.kicker is not None and any(r["status"] == "pending" for r in rows)
+        kick = (self.clock.ms(), self.settings.kick_interval_ms) if want_kick else None
+        try:
+            won = await self.broker.push(rows, kick=kick)
+        except RedisUnavailable as e:
+            self.state.needs_reconcile = True
+            log.warning("enqueue: jobs stored but not indexed in Redis (reconcile will): %s", e.message)
+            return
+        if won and self.kicker is not None:
+            try:
+                await self.kicker()
+            except Exception as e:  # a kick is an optimisation; cron still drains
+                log.warning("kick failed: %s", e)
+
+    async def dispatch_committed(self, rows: list[Row]) -> None:
+        """Push committed jobs of an application transaction, if the sweep has not already."""
+        taken = await self.store.fetch("dispatch_jobs", [r["id"] for r in rows])
+        if taken:
+            await self.dispatch(taken)
+
+    async def _fetch(self, on: Any, name: str, *args: Any) -> list[Row]:
+        if on is None:
+            return await self.store.fetch(name, *args)
+        return await self.store.fetch_on(on, name, *args)
+
+    async def _after_insert(self, conn: Any, rows: list[Row]) -> None:
+        tx = _open_tx.get()
+        if tx is not None and tx[0] is conn:
+            tx[1].extend(rows)  # pushed when `transaction()` commits
+        elif not conn.is_in_transaction():
+            await self.dispatch_committed(rows)  # autocommit: the rows are committed already
+        else:
+            # A transaction we cannot see the end of (the caller's own, or a session's: its
+            # after_commit pushes): arm the sweep in case nothing else ever does.
+            await self._arm_sweep()
+
+    async def _arm_sweep(self) -> None:
+        try:
+            await self.broker.arm_sweep(self.clock.ms())
+        except RedisUnavailable as e:  # the periodic reconcile sweeps too
+            log.warning("enqueue: could not arm the dispatch sweep: %s", e.message)
+
+    @asynccontextmanager
+    async def transaction(self, conn: Any) -> AsyncIterator[Any]:
+        """`async with jq.transaction(conn):` opens a transaction on the application's asyncpg
+        connection; jobs enqueued with `connection=conn` inside it are pushed once it commits."""
+        pending: list[Row] = []
+        token = _open_tx.set((conn, pending))
+        try:
+            async with conn.transaction():
+                yield conn
+        finally:
+            _open_tx.reset(token)
+        if pending and not conn.is_in_transaction():  # the outermost transaction has committed
+            await self.dispatch_committed(pending)
+        elif pending:
+            await self._arm_sweep()  # a savepoint inside a transaction we do not own
+
+    async def enqueue_in_session(self, session: Any, jobs: list[dict[str, Any]]) -> list[tuple[Row, bool]]:
+        """Insert inside a SQLAlchemy/SQLModel AsyncSession's transaction; pushed on its commit."""
+        conn = await self.store.session_connection(session)
+        pending: list[Row] | None = session.info.get(SESSION_PENDING)
+        if pending is None:
+            pending = session.info[SESSION_PENDING] = []
+            self._listen(session, pending)
+        results = await self.insert(jobs, on=_Borrowed(conn))  # arms the sweep, as a backstop
+        pending.extend(row for row, created in results if created)
+        return results
+
+    def _listen(self, session: Any, pending: list[Row]) -> None:
+        from sqlalchemy import event
+
+        def committed(_: Any) -> None:
+            rows, pending[:] = list(pending), []
+            if rows:
+                # The event is synchronous; the push runs right after, on the session's loop.
+                task = asyncio.get_running_loop().create_task(self.dispatch_committed(rows))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+
+        def rolled_back(_: Any) -> None:
+            pending.clear()
+
+        event.listen(session.sync_session, "after_commit", committed)
+        event.listen(session.sync_session, "after_rollback", rolled_back)
+
+    async def close(self) -> None:
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+
+class _Borrowed:
+    """A session's connection, which reports itself as in a transaction so that the rows wait for
+    the session's commit (the session's after_commit pushes them)."""
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+    def is_in_transaction(self) -> bool:
+        return True
+
+
+def _decoded(row: Row) -> Row:
+    """A row read on an application's connection has its JSON as text (its codecs are not ours)."""
+    for col in ("payload", "backoff", "result", "history"):
+        if isinstance(row.get(col), str):
+            row[col] = orjson.loads(row[col])
+    return row
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _key(j: dict[str, Any]) -> tuple[str, str]:
+    return (j["queue"], j["idempotency_key"])
+
+
+def _us(dt: datetime) -> int:
+    """Microseconds since the epoch, exactly (a float timestamp can be 1 us off)."""
+    d = dt - _EPOCH
+    return (d.days * 86_400 + d.seconds) * 1_000_000 + d.microseconds
+
+
+def _new_row(j: dict[str, Any], job_id: int) -> Row:
+    """The row Postgres now holds for a job just inserted (what RETURNING * would have said)."""
+    return {
+        "id": job_id,
+        **j["columns"],
+        "payload": j["payload"],
+        "attempts": 0,
+        "run_at": j["run_at"],
+        "lease_token": None,
+        "lease_expires_at": None,
+        "result": None,
+        "error": None,
+        "history": [],
+        "created_at": j["created_at"],
+        "started_at": None,
+        "finished_at": None,
+    }
