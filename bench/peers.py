@@ -352,7 +352,7 @@ def main() -> None:
         "params": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "redis": REDIS_URL,
         "postgres": ADMIN_URL.rpartition("/")[0],
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "loadavg_start": os.getloadavg()},
         "versions": versions(),
         "systems": {},
     }
@@ -371,6 +371,7 @@ def main() -> None:
             res["wall_s"] = round(time.monotonic() - t0, 1)
             sysres["passes"][kind] = res
             log(f"{name}: {kind} pass {'failed: ' + res['error'] if res['error'] else 'done'} in {res['wall_s']} s")
+    results["machine"]["loadavg_end"] = os.getloadavg()
     table = render(results)
     results["table"] = table
     if args.json:
