@@ -29,11 +29,11 @@ import orjson
 
 from .broker import Broker
 from .clock import Clock
-from .drain import DrainState
 from .errors import InvalidJob, InvalidState, PayloadTooLarge, RedisUnavailable
 from .models import Backoff, JobRequest
 from .registry import Registry
 from .settings import Settings
+from .state import DrainState
 from .store import Row, Store
 from .validation import encode_payload, parse_request
 

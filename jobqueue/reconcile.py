@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .broker import Broker
     from .clock import Clock
-    from .drain.state import DrainState
+    from .state import DrainState
     from .store import Store
 
 log = logging.getLogger("jobqueue.reconcile")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from ..state import DrainState
 from .loop import Drain, drain
 from .report import DrainReport, Outcome
-from .state import DrainState
 
 __all__ = ["Drain", "DrainReport", "DrainState", "Outcome", "drain"]
