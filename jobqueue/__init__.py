@@ -7,9 +7,10 @@ from typing import TYPE_CHECKING, Any
 from .errors import PermanentError, RetryAfter
 
 if TYPE_CHECKING:
+    from .models import Backoff
     from .registry import Blueprint, JobContext, Registry
 
-__all__ = ["Blueprint", "JobContext", "PermanentError", "Registry", "RetryAfter"]
+__all__ = ["Backoff", "Blueprint", "JobContext", "PermanentError", "Registry", "RetryAfter"]
 
 
 def __getattr__(name: str) -> Any:
@@ -19,4 +20,8 @@ def __getattr__(name: str) -> Any:
         from . import registry
 
         return getattr(registry, name)
+    if name == "Backoff":
+        from .models import Backoff
+
+        return Backoff
     raise AttributeError(f"module 'jobqueue' has no attribute {name!r}")

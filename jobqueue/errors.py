@@ -88,7 +88,11 @@ class ConfigurationError(JobQueueError):
     """The configuration is invalid."""
 
 
-class DuplicateJobType(ConfigurationError):
+class InvalidDefinition(ConfigurationError):
+    """A job type is defined with an option it cannot have."""
+
+
+class DuplicateJobType(InvalidDefinition):
     """A job type is registered twice."""
 
 

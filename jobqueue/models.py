@@ -4,6 +4,7 @@ does not load SQLAlchemy (a quarter of a cold start)."""
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -13,6 +14,7 @@ Status = Literal["pending", "scheduled", "processing", "completed", "failed", "c
 STATUSES: tuple[str, ...] = ("pending", "scheduled", "processing", "completed", "failed", "cancelled")
 TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 
+QUEUE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 MAX_TIMEOUT_MS = 15 * 60 * 1000  # Vercel's longest function is 800 s; Lambda's 900 s
 MAX_DELAY_DAYS = 365  # how far ahead delay_ms / run_at may schedule a job
 

@@ -7,15 +7,17 @@ builds its own.
 
 from __future__ import annotations
 
+import functools
 import importlib
+import inspect
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
-from .errors import DuplicateJobType, InvalidJob
-from .models import Backoff
+from .errors import DuplicateJobType, InvalidDefinition, InvalidJob
+from .models import MAX_TIMEOUT_MS, QUEUE_NAME, Backoff
 
 if TYPE_CHECKING:
     from .models import JobRequest
@@ -81,16 +83,62 @@ class Blueprint:
         model: type[BaseModel] | None = None,
         queue: str = "default",
         max_attempts: int | None = None,
-        backoff: Backoff | None = None,
+        backoff: Backoff | dict[str, Any] | None = None,
         timeout_ms: int | None = None,
     ) -> Callable[[Handler], Handler]:
+        """Define a job type. Every option is checked here: a wrong one raises InvalidDefinition
+        at import time, not a 500 at enqueue time."""
+        policy = _check_definition(name, model, queue, max_attempts, backoff, timeout_ms)
+
         def register(fn: Handler) -> Handler:
+            if not _is_async(fn):
+                raise InvalidDefinition(
+                    f"job type {name!r}: the handler {getattr(fn, '__qualname__', fn)!r} must be an `async def` "
+                    "function (it is awaited with the payload and a JobContext)"
+                )
             if any(t.name == name for t in self.types):
                 raise DuplicateJobType(f"job type {name!r} is defined twice")
-            self.types.append(JobType(name, fn, model, queue, max_attempts, backoff, timeout_ms))
+            self.types.append(JobType(name, fn, model, queue, max_attempts, policy, timeout_ms))
             return fn
 
         return register
+
+
+def _is_async(fn: Any) -> bool:
+    target = fn.func if isinstance(fn, functools.partial) else fn
+    # A callable object with an async __call__ is awaited the same way.
+    call = type(target).__call__ if not inspect.isfunction(target) and callable(target) else None
+    return inspect.iscoroutinefunction(target) or (call is not None and inspect.iscoroutinefunction(call))
+
+
+def _check_definition(
+    name: Any, model: Any, queue: Any, max_attempts: Any, backoff: Any, timeout_ms: Any
+) -> Backoff | None:
+    """Refuse a wrong option when the job type is defined, with the reason, rather than let every
+    enqueue of it fail later (as a 500). Returns the backoff policy as a `Backoff`."""
+
+    def bad(what: str) -> InvalidDefinition:
+        return InvalidDefinition(f"job type {name!r}: {what}")
+
+    if not isinstance(name, str) or not 1 <= len(name) <= 200 or name != name.strip():
+        raise InvalidDefinition(f"a job type's name must be 1-200 characters without surrounding spaces, not {name!r}")
+    if model is not None and not (isinstance(model, type) and issubclass(model, BaseModel)):
+        raise bad(f"model must be a pydantic BaseModel subclass, not {model!r}")
+    if not isinstance(queue, str) or not QUEUE_NAME.fullmatch(queue):
+        raise bad(f"queue must be 1-100 characters of letters, digits, '_', '.' or '-', not {queue!r}")
+    if max_attempts is not None and (type(max_attempts) is not int or not 1 <= max_attempts <= 100):
+        raise bad(f"max_attempts must be an integer from 1 to 100, not {max_attempts!r}")
+    if timeout_ms is not None and (type(timeout_ms) is not int or not 1 <= timeout_ms <= MAX_TIMEOUT_MS):
+        raise bad(f"timeout_ms must be an integer from 1 to {MAX_TIMEOUT_MS}, not {timeout_ms!r}")
+    if backoff is None or isinstance(backoff, Backoff):
+        return backoff
+    if isinstance(backoff, dict):
+        try:
+            return Backoff.model_validate(backoff)
+        except ValidationError as e:
+            first = e.errors()[0]
+            raise bad(f"backoff.{'.'.join(str(x) for x in first['loc'])}: {first['msg']}") from None
+    raise bad(f"backoff must be a jobqueue.Backoff (or a dict of its fields), not {type(backoff).__name__}")
 
 
 class Registry:

@@ -8,7 +8,7 @@ import pytest
 from pydantic import BaseModel
 
 from jobqueue.builtins import default_registry
-from jobqueue.errors import DuplicateJobType, InvalidJob
+from jobqueue.errors import DuplicateJobType, InvalidDefinition, InvalidJob
 from jobqueue.models import Backoff
 from jobqueue.registry import Blueprint, JobContext, Registry
 
@@ -62,3 +62,40 @@ def test_payload_errors_name_the_field() -> None:
         t.validate({"order_id": "1", "amount": "lots"})
     assert e.value.field == "payload.amount"
     assert "receipt" in e.value.message
+
+
+@pytest.mark.parametrize(
+    ("options", "says"),
+    [
+        ({"backoff": {"type": "linear"}}, "backoff.type"),
+        ({"backoff": "exponential"}, "backoff must be a jobqueue.Backoff"),
+        ({"max_attempts": 0}, "max_attempts must be an integer from 1 to 100"),
+        ({"max_attempts": 2.5}, "max_attempts"),
+        ({"timeout_ms": -1}, "timeout_ms"),
+        ({"queue": "no spaces"}, "queue must be"),
+        ({"model": dict}, "model must be a pydantic BaseModel subclass"),
+    ],
+)
+def test_a_wrong_option_is_refused_when_the_type_is_defined(options: dict[str, Any], says: str) -> None:
+    with pytest.raises(InvalidDefinition, match=says):
+        Blueprint().job("bad", **options)(_noop)
+
+
+def test_a_plain_def_handler_is_refused_when_the_type_is_defined() -> None:
+    def not_async(payload: Any, ctx: JobContext) -> None:
+        return None
+
+    with pytest.raises(InvalidDefinition, match="must be an `async def` function"):
+        Blueprint().job("sync")(not_async)  # type: ignore[arg-type]
+
+
+def test_a_dict_backoff_is_taken_as_the_policy_it_describes() -> None:
+    bp = Blueprint()
+    bp.job("ok", backoff={"type": "fixed", "delay_ms": 5})(_noop)
+    assert bp.types[0].backoff == Backoff(type="fixed", delay_ms=5)
+
+
+def test_backoff_is_exported_from_the_package() -> None:
+    import jobqueue
+
+    assert jobqueue.Backoff is Backoff
