@@ -31,6 +31,28 @@ TURN_EXPIRY_SLACK_MS = 10 * 60 * 1000
 # SWEEP_EVERY_MS for SWEEP_WINDOW_MS, in case it commits without its push (reconcile.sweep).
 SWEEP_EVERY_MS = 1000
 SWEEP_WINDOW_MS = 120_000
+PRUNE = Script(
+    "prune_queues",
+    """
+-- Drop queues from the queue set whose Redis index is empty (no ready, delayed or processing
+-- member), atomically with that check, so a job pushed meanwhile keeps its queue.
+-- KEYS[1] the queue set; then per queue 12 keys: delayed, processing, ready 9..0.
+-- ARGV the queue names, one per 12-key group. Returns the names removed. Commands: 12 per queue.
+local out = {}
+for i, q in ipairs(ARGV) do
+  local base = 2 + 12 * (i - 1)
+  local empty = redis.call("ZCARD", KEYS[base]) == 0 and redis.call("ZCARD", KEYS[base + 1]) == 0
+  for k = base + 2, base + 11 do
+    if empty and redis.call("LLEN", KEYS[k]) > 0 then empty = false end
+  end
+  if empty then
+    redis.call("SREM", KEYS[1], q)
+    table.insert(out, q)
+  end
+end
+return out
+""",
+)
 ARM_SWEEP = Script(
     "arm_sweep",
     """
@@ -271,6 +293,16 @@ class Broker:
 
     async def known_queues(self) -> set[str]:
         return set(await self.redis.command("SMEMBERS", self.keys.queues) or [])
+
+    async def prune_queues(self, queues: Iterable[str]) -> set[str]:
+        """Remove from the queue set those of `queues` whose index is empty; returns them."""
+        names = sorted(queues)
+        if not names:
+            return set()
+        keys = [self.keys.queues]
+        for q in names:
+            keys += [self.keys.delayed(q), self.keys.processing(q), *self.keys.ready_all(q)]
+        return set(await self.redis.script(PRUNE, keys, names) or [])
 
     async def forget_delayed(self, queue: str, member: str) -> None:
         await self.redis.command("ZREM", self.keys.delayed(queue), member)

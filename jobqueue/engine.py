@@ -194,7 +194,7 @@ class JobQueue:
 
     async def queue_counts(self) -> dict[str, dict[str, Any]]:
         rows = await self.store.fetch("queue_counts")
-        paused_rows = await self.store.fetch("queues")
+        paused_rows = [r for r in await self.store.fetch("queues") if r["paused"]]
         out: dict[str, dict[str, Any]] = {}
         for q in sorted(self.queues | {r["queue"] for r in rows} | {r["name"] for r in paused_rows}):
             out[q] = {"name": q, "paused": False, "counts": dict.fromkeys(STATUSES, 0)}

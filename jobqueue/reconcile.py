@@ -87,6 +87,11 @@ async def _periodic(store: Store, broker: Broker, state: DrainState, clock: Cloc
     # removed: a resume racing this read must not be undone (the full rebuild resets them).
     active = {r["queue"] for r in await store.fetch("active_queues")}
     paused = [q["name"] for q in await store.fetch("queues") if q["paused"]]
+    # A queue with no unfinished job, no pause flag and no settings leaves the queue set (so a
+    # misspelt name does not cost every claim forever); Redis re-checks that its lists are empty
+    # in the same step, so an enqueue racing this read keeps its queue.
+    keep = active | set(paused) | state.fixed
+    state.queues -= await broker.prune_queues((await broker.known_queues() | state.queues) - keep)
     state.queues |= active
     await broker.restore(state.queues, paused, rebuilt=False)
     restored = 0

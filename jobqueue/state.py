@@ -8,9 +8,11 @@ from collections.abc import Iterable
 
 class DrainState:
     def __init__(self, queues: Iterable[str] = ()) -> None:
-        # Grows as claims report queues this process had not seen (the Redis queue set) and as
-        # reconcile finds queues with unfinished rows.
-        self.queues: set[str] = set(queues) | {"default"}
+        # The registry's queues (and "default") are always drained; the rest follows the Redis
+        # queue set, which each claim returns: queues appear as they are enqueued to, and leave
+        # when reconcile prunes them (no unfinished jobs, no pause flag, no settings).
+        self.fixed: frozenset[str] = frozenset(queues) | {"default"}
+        self.queues: set[str] = set(self.fixed)
         # Set when a push failed after its insert: the next drain in this process reconciles.
         self.needs_reconcile = False
         self._rotation = 0
@@ -22,3 +24,7 @@ class DrainState:
         queues = sorted(self.queues)
         self._rotation = (self._rotation + 1) % max(1, len(queues))
         return queues[self._rotation :] + queues[: self._rotation]
+
+    def known(self, queue_set: Iterable[str]) -> None:
+        """The Redis queue set as a claim returned it."""
+        self.queues = set(queue_set) | self.fixed

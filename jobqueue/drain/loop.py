@@ -252,7 +252,7 @@ class Drain:
         provisional = self.leases.provisional_ms(now_ms)
         claimed = await self.broker.claim(limits, want, now_ms, provisional, token, s.reconcile_interval_s * 1000)
         self._rediscovered = False
-        known_before = len(self.state.queues)
+        known_before = set(self.state.queues)
         if claimed.epoch_missing or claimed.reconcile_due:
             # Redis lost its data (no epoch marker), or the periodic check is due.
             result = await self._reconcile(full=claimed.epoch_missing)
@@ -264,8 +264,10 @@ class Drain:
             swept = await sweep(self.store, self.broker, self.state)
             self.report.reconciled += swept
             self._rediscovered = self._rediscovered or bool(swept)
-        self.state.queues |= set(claimed.known_queues)  # reconcile may have found some too
-        self._rediscovered = self._rediscovered or len(self.state.queues) > known_before
+        if not (claimed.epoch_missing or claimed.reconcile_due):
+            # The queue set as Redis had it; after a reconcile, the state is newer than that.
+            self.state.known(claimed.known_queues)
+        self._rediscovered = self._rediscovered or bool(self.state.queues - known_before)
         if claimed.members:
             self.report.claims += 1
             for queue, _ in claimed.members.values():
@@ -309,7 +311,10 @@ class Drain:
                 self.report.dead.append(dead_entry(r, r.get("error")))
                 log_outcome(r, "failed", r.get("error"), 0)
             elif r["kind"] == "held":
+                # Another drain holds it (we popped a duplicate, or its lease entry came due
+                # early): its entry goes back at the deadline Postgres has. Not ours to run.
                 ack.hand_back(queue, member, token, r["lease_token"], to_ms(r["lease_expires_at"]))
+                self.report.dropped += 1
             else:  # defer: a scheduled row that is not due (restored early): back to delayed
                 ack.retry(queue, member, token, to_ms(r["run_at"]))
         for jid in claimed.members.keys() - answered:
