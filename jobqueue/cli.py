@@ -1,4 +1,9 @@
-"""`jobqueue` (also `python -m jobqueue`): operate the queue from a shell or a container."""
+"""`jobqueue` (also `python -m jobqueue`): operate the queue from a shell or a container.
+
+It talks to Postgres and Redis directly (in-process, as the service does), configured by the same
+environment: DATABASE_URL, REDIS_URL or UPSTASH_REDIS_REST_URL/_TOKEN, JOBQUEUE_*. Answers are
+JSON on stdout; an error is one line `error: ...` on stderr and exit status 2.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +13,15 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from .errors import JobQueueError
 from .settings import Settings
+
+
+class UsageError(JobQueueError):
+    """The command line is not valid."""
 
 
 def _engine(settings: Settings) -> Any:
@@ -56,49 +65,133 @@ async def _worker(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- the command line ----------------------------------------------------------------------------
+
+
+class _Version(argparse.Action):
+    """`--version`, read from the installed package's metadata only when asked for (importing
+    importlib.metadata on every command would slow them all)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            v = version("jobqueue")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            v = "unknown (not installed)"
+        print(f"{parser.prog} {v}")
+        parser.exit()
+
+
+def _priority(value: str) -> int | str:
+    """0-9, or a name the server knows (low, normal, high, urgent: DESIGN.md section 8)."""
+    return int(value) if value.lstrip("-").isdigit() else value
+
+
+def _filters(p: argparse.ArgumentParser, what: str = "jobs") -> None:
+    p.add_argument("--queue", help=f"only {what} of this queue")
+    p.add_argument("--type", help=f"only {what} of this job type")
+
+
+def _command(sub: Any, name: str, does: str) -> argparse.ArgumentParser:
+    """A subcommand whose one-line help is also the description of its own --help."""
+    parser: argparse.ArgumentParser = sub.add_parser(name, help=does, description=does[0].upper() + does[1:] + ".")
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="jobqueue", description=__doc__)
-    sub = p.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("migrate", help="apply schema.sql (idempotent)")
-    e = sub.add_parser("enqueue", help="enqueue one job")
-    e.add_argument("type")
-    e.add_argument("payload", nargs="?", default="{}", help="JSON object")
-    e.add_argument("--queue")
-    e.add_argument("--priority", type=int, default=5)
-    e.add_argument("--delay-ms", type=int)
-    e.add_argument("--max-attempts", type=int)
-    e.add_argument("--idempotency-key")
-    d = sub.add_parser("drain", help="run one drain and print its report")
+    p = argparse.ArgumentParser(
+        prog="jobqueue", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--version", action=_Version, help="print the installed version and exit")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    _command(sub, "migrate", "apply schema.sql (idempotent, serialised by an advisory lock)")
+
+    e = _command(sub, "enqueue", "enqueue one job; prints whether it was created and the job")
+    e.add_argument("type", help="the job type, as registered (e.g. echo)")
+    e.add_argument("payload", nargs="?", default="{}", help="the payload, a JSON object (default {})")
+    e.add_argument("--queue", help="the queue (default: the job type's)")
+    e.add_argument("--priority", type=_priority, help="0-9, higher runs first (default 5)")
+    e.add_argument("--delay-ms", type=int, help="run no sooner than this many milliseconds from now")
+    e.add_argument("--max-attempts", type=int, help="attempts before the job fails (default: the job type's)")
+    e.add_argument("--idempotency-key", help="a key seen before in the queue answers that job instead")
+
+    ls = _command(sub, "list", "list jobs, newest first, one page at a time")
+    ls.add_argument("--status", help="only jobs in this state (pending, scheduled, processing, completed, ...)")
+    _filters(ls)
+    ls.add_argument("--limit", type=int, default=50, help="page size, 1-200 (default 50)")
+    ls.add_argument("--cursor", help="the next_cursor of the previous page, for the next (older) one")
+
+    st = _command(sub, "status", "counts per queue and state, or one job")
+    st.add_argument("job_id", nargs="?", type=int, metavar="ID", help="show this job instead of the counts")
+    c = _command(sub, "cancel", "cancel a pending or scheduled job; prints the job")
+    c.add_argument("job_id", type=int, metavar="ID", help="the job's id")
+    r = _command(sub, "retry", "re-run a failed or cancelled job with fresh attempts; prints the job")
+    r.add_argument("job_id", type=int, metavar="ID", help="the job's id")
+
+    d = _command(sub, "drain", "run one drain and print its report")
     d.add_argument("--budget", type=float, default=None, help="seconds (default: from settings)")
-    w = sub.add_parser("worker", help="drain in a loop until SIGTERM")
-    w.add_argument("--budget", type=float, default=30.0, help="seconds per drain")
-    w.add_argument("--idle-sleep", type=float, default=1.0, help="seconds to sleep when idle")
-    s = sub.add_parser("status", help="counts per queue and state, or one job")
-    s.add_argument("job_id", nargs="?", type=int)
-    dlq = sub.add_parser("dlq", help="the dead-letter queue")
-    dsub = dlq.add_subparsers(dest="dlq_cmd", required=True)
-    dl = dsub.add_parser("list")
-    dl.add_argument("--queue")
-    dl.add_argument("--type")
-    dl.add_argument("--limit", type=int, default=50)
-    dr = dsub.add_parser("replay")
-    dr.add_argument("ids", nargs="*", type=int)
-    dr.add_argument("--queue")
-    dr.add_argument("--type")
-    dp = dsub.add_parser("purge")
-    dp.add_argument("--older-than-days", type=float, required=True)
-    for name in ("pause", "resume"):
-        sp = sub.add_parser(name, help=f"{name} a queue")
-        sp.add_argument("queue")
-    r = sub.add_parser("reconcile", help="re-index unfinished jobs from Postgres into Redis")
-    r.add_argument("--full", action="store_true", help="re-push everything (as after a flush)")
-    up = sub.add_parser("upstash-proxy", help="an Upstash-REST-compatible server over a Redis")
-    up.add_argument("--redis", default="redis://127.0.0.1:6379/0")
-    up.add_argument("--port", type=int, default=8079)
-    up.add_argument("--host", default="127.0.0.1")
-    up.add_argument("--token", required=True)
-    up.add_argument("--latency-ms", type=float, default=0.0)
+    w = _command(sub, "worker", "drain in a loop until SIGTERM/SIGINT, then stop gracefully")
+    w.add_argument("--budget", type=float, default=30.0, help="seconds per drain (default 30)")
+    w.add_argument("--idle-sleep", type=float, default=1.0, help="seconds to sleep when idle (default 1)")
+
+    dlq = _command(sub, "dlq", "the dead-letter queue (failed jobs)")
+    dsub = dlq.add_subparsers(dest="dlq_cmd", required=True, metavar="ACTION")
+    dl = _command(dsub, "list", "the newest failed jobs (page with: jobqueue list --status failed)")
+    _filters(dl, "failed jobs")
+    dl.add_argument("--limit", type=int, default=50, help="how many, 1-200 (default 50)")
+    dr = _command(dsub, "replay", "re-run failed jobs with fresh attempts: by ids, by filter, or --all")
+    dr.add_argument("ids", nargs="*", type=int, metavar="ID", help="the failed jobs to replay")
+    _filters(dr, "failed jobs")
+    dr.add_argument("--all", action="store_true", help="replay every failed job (required when no id or filter)")
+    dp = _command(dsub, "purge", "delete failed jobs that failed more than N days ago")
+    dp.add_argument("--older-than-days", type=float, required=True, metavar="N", help="age of the failure in days")
+
+    for name, does in (("pause", "stop draining a queue; its jobs stay safe"), ("resume", "drain a queue again")):
+        sp = _command(sub, name, does)
+        sp.add_argument("queue", help="the queue's name")
+
+    rc = _command(sub, "reconcile", "re-index unfinished jobs from Postgres into Redis")
+    rc.add_argument("--full", action="store_true", help="re-push everything (as after a flush)")
+
+    up = _command(sub, "upstash-proxy", "an Upstash-REST-compatible server over a Redis")
+    up.add_argument("--redis", default="redis://127.0.0.1:6379/0", help="the Redis to serve (default: local)")
+    up.add_argument("--port", type=int, default=8079, help="port to listen on (default 8079)")
+    up.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    up.add_argument("--token", required=True, help="the bearer token clients must send")
+    up.add_argument("--latency-ms", type=float, default=0.0, help="added delay per request, to mimic a network")
     return p
+
+
+def _replay_args(args: argparse.Namespace) -> tuple[list[int] | None, str | None, str | None]:
+    """What `dlq replay` replays. Nothing given is refused, as the HTTP API refuses `{}`: a
+    forgotten argument must not re-run the whole dead-letter queue."""
+    has_filter = args.queue is not None or args.type is not None
+    if args.all:
+        if args.ids or has_filter:
+            raise UsageError("--all replays every failed job; give it no ids, --queue or --type")
+        return None, None, None
+    if args.ids and has_filter:
+        raise UsageError("give ids or --queue/--type, not both")
+    if not args.ids and not has_filter:
+        raise UsageError("dlq replay needs ids, --queue and/or --type, or --all to replay every failed job")
+    return (args.ids or None), args.queue, args.type
+
+
+async def _list(jq: Any, args: argparse.Namespace) -> dict[str, Any]:
+    from .engine import view
+
+    # The API's own cursor codec, so that a cursor from `GET /api/jobs` works here and back.
+    from .web.deps import decode_cursor, encode_cursor
+
+    rows, last = await jq.list_jobs(
+        status=args.status, queue=args.queue, type=args.type, limit=args.limit, cursor=decode_cursor(args.cursor)
+    )
+    return {"jobs": [view(r) for r in rows], "next_cursor": encode_cursor(last)}
 
 
 async def _run(args: argparse.Namespace) -> int:
@@ -116,12 +209,22 @@ async def _run(args: argparse.Namespace) -> int:
         await store.close()
         print("schema applied")
     elif cmd == "enqueue":
-        req = {"type": args.type, "payload": json.loads(args.payload), "priority": args.priority}
-        for k in ("queue", "delay_ms", "max_attempts", "idempotency_key"):
+        try:
+            payload = json.loads(args.payload)
+        except ValueError as e:
+            raise UsageError(f"the payload is not JSON: {e}") from None
+        req = {"type": args.type, "payload": payload}
+        for k in ("queue", "priority", "delay_ms", "max_attempts", "idempotency_key"):
             if getattr(args, k) is not None:
                 req[k] = getattr(args, k)
         row, created = await _with_engine(lambda jq: jq.enqueue(req))
         _print({"created": created, "job": view(row)})
+    elif cmd == "list":
+        _print(await _with_engine(lambda jq: _list(jq, args)))
+    elif cmd == "cancel":
+        _print(view(await _with_engine(lambda jq: jq.cancel(args.job_id))))
+    elif cmd == "retry":
+        _print(view(await _with_engine(lambda jq: jq.retry(args.job_id))))
     elif cmd == "drain":
         from .worker import drain_once
 
@@ -141,7 +244,8 @@ async def _run(args: argparse.Namespace) -> int:
             )
             _print([view(r) for r in rows])
         elif args.dlq_cmd == "replay":
-            n = await _with_engine(lambda jq: jq.replay(args.ids or None, queue=args.queue, type=args.type))
+            ids, queue, type_ = _replay_args(args)
+            n = await _with_engine(lambda jq: jq.replay(ids, queue=queue, type=type_))
             _print({"replayed": n})
         else:
             _print({"purged": await _with_engine(lambda jq: jq.purge(args.older_than_days))})

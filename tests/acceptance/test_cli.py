@@ -1,5 +1,6 @@
-"""The `jobqueue` CLI as a real process: migrate, enqueue, drain, status, dlq, pause, and a
-`worker` that stops gracefully on SIGTERM, releasing what it has not started."""
+"""The `jobqueue` CLI as a real process: migrate, enqueue, list, cancel, retry, drain, status, dlq,
+pause, --version, and a `worker` that stops gracefully on SIGTERM, releasing what it has not
+started. Errors are one `error: ...` line and exit status 2."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -23,19 +25,32 @@ def _env(database_url: str, redis_url: str, prefix: str, **extra: str) -> dict[s
         DATABASE_URL=database_url,
         REDIS_URL=redis_url,
         JOBQUEUE_PREFIX=prefix,
-        JOBQUEUE_REGISTRY="tests.acceptance.slow_registry:build",
+        JOBQUEUE_REGISTRY="tests.acceptance.cli_registry:build",
         PYTHONPATH=str(ROOT),
-        **extra,
     )
+    env.update(extra)
     return env
 
 
-def _cli(env: dict[str, str], *args: str) -> Any:
-    out = subprocess.run(
+def _run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [sys.executable, "-m", "jobqueue", *args], env=env, capture_output=True, text=True, timeout=60, check=False
     )
+
+
+def _cli(env: dict[str, str], *args: str) -> Any:
+    out = _run(env, *args)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout) if out.stdout.strip().startswith(("{", "[")) else out.stdout
+
+
+def _cli_error(env: dict[str, str], *args: str) -> str:
+    """Runs a command that must fail: exit status 2, nothing on stdout, one `error:` line."""
+    out = _run(env, *args)
+    assert (out.returncode, out.stdout) == (2, ""), out
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr
+    return lines[0]
 
 
 async def _statuses(database_url: str) -> dict[int, tuple[str, int]]:
@@ -73,16 +88,63 @@ async def test_cli_round_trip(database_url: str, redis_server: str, prefix: str)
 
 def test_bad_input_exits_non_zero(database_url: str, redis_server: str, prefix: str) -> None:
     env = _env(database_url, redis_server, prefix)
+    _cli(env, "migrate")
+    assert "unknown job type" in _cli_error(env, "enqueue", "no.such.type", "{}")
+    assert "the payload is not JSON" in _cli_error(env, "enqueue", "echo", "{not json")
+    assert "unknown status" in _cli_error(env, "list", "--status", "lost")
+    assert "cursor is malformed" in _cli_error(env, "list", "--cursor", "nope")
+    assert "not found" in _cli_error(env, "cancel", "424242")
+
+
+def test_version_and_help() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "jobqueue", "enqueue", "no.such.type", "{}"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+        [sys.executable, "-m", "jobqueue", "--version"], capture_output=True, text=True, timeout=60, check=True
     )
-    assert out.returncode == 2
-    assert "unknown job type" in out.stderr
+    assert out.stdout == f"jobqueue {version('jobqueue')}\n"
+    out = subprocess.run(
+        [sys.executable, "-m", "jobqueue", "--help"], capture_output=True, text=True, timeout=60, check=True
+    )
+    for command in ("list", "cancel", "retry", "dlq", "worker", "upstash-proxy"):
+        assert f"    {command}" in out.stdout
+
+
+async def test_list_cancel_retry(database_url: str, redis_server: str, prefix: str) -> None:
+    env = _env(database_url, redis_server, prefix)
+    _cli(env, "migrate")
+    ids = [_cli(env, "enqueue", "echo", json.dumps({"i": i}), "--queue", q)["job"]["id"] for i, q in enumerate("aab")]
+    first = _cli(env, "list", "--limit", "2")
+    assert [j["id"] for j in first["jobs"]] == ids[:0:-1] and first["next_cursor"]
+    rest = _cli(env, "list", "--limit", "2", "--cursor", first["next_cursor"])
+    assert ([j["id"] for j in rest["jobs"]], rest["next_cursor"]) == ([ids[0]], None)
+    assert [j["id"] for j in _cli(env, "list", "--queue", "a")["jobs"]] == ids[1::-1]
+    assert _cli(env, "list", "--type", "sleep") == {"jobs": [], "next_cursor": None}
+
+    cancelled = _cli(env, "cancel", str(ids[2]))
+    assert (cancelled["id"], cancelled["status"]) == (ids[2], "cancelled")
+    assert [j["id"] for j in _cli(env, "list", "--status", "cancelled")["jobs"]] == [ids[2]]
+    assert "only pending or scheduled jobs can be cancelled" in _cli_error(env, "cancel", str(ids[2]))
+    assert "only failed or cancelled jobs can be retried" in _cli_error(env, "retry", str(ids[0]))
+    retried = _cli(env, "retry", str(ids[2]))
+    assert (retried["status"], retried["attempts"]) == ("pending", 0)
+    assert _cli(env, "drain", "--budget", "5")["completed"] == 3
+
+
+async def test_dlq_replay_needs_ids_a_filter_or_all(database_url: str, redis_server: str, prefix: str) -> None:
+    env = _env(database_url, redis_server, prefix)
+    _cli(env, "migrate")
+    ids = [_cli(env, "enqueue", "boom", "{}", "--queue", q)["job"]["id"] for q in ("a", "b", "c")]
+    assert _cli(env, "drain", "--budget", "5")["failed"] == 3
+    assert [j["id"] for j in _cli(env, "dlq", "list")] == ids[::-1]
+
+    assert "--all to replay every failed job" in _cli_error(env, "dlq", "replay")
+    assert "not both" in _cli_error(env, "dlq", "replay", str(ids[0]), "--queue", "a")
+    assert "give it no ids" in _cli_error(env, "dlq", "replay", "--all", "--type", "boom")
+    assert await _statuses(database_url) == dict.fromkeys(ids, ("failed", 1))  # nothing was replayed
+
+    assert _cli(env, "dlq", "replay", str(ids[0])) == {"replayed": 1}
+    assert _cli(env, "dlq", "replay", "--queue", "b") == {"replayed": 1}
+    assert _cli(env, "dlq", "replay", "--all") == {"replayed": 1}  # only c was still failed
+    assert await _statuses(database_url) == dict.fromkeys(ids, ("pending", 0))
 
 
 async def test_worker_stops_gracefully_on_sigterm(database_url: str, redis_server: str, prefix: str) -> None:

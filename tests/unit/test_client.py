@@ -1,8 +1,11 @@
-"""`jobqueue.client` over a mock transport: request shapes, error mapping, wait's polling schedule.
-The client against a real server is in tests/acceptance/test_http_e2e.py."""
+"""`jobqueue.client` without a server: the sans-IO endpoint descriptions (`_api`), both executors
+over an httpx MockTransport (every endpoint, error mapping, paging, `wait()` against a server that
+long-polls and one that ignores `wait_s`), the models' tolerance, and the import cost.
+The clients against the real app are in tests/integration/test_client.py."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import subprocess
 import sys
@@ -13,14 +16,37 @@ from typing import Any
 import httpx
 import pytest
 
-from jobqueue import client as client_mod
-from jobqueue.client import APIError, AsyncClient, Client, WaitTimeout
+from jobqueue.client import APIError, AsyncClient, Client, Job, WaitTimeout, _api, _time
+from jobqueue.client import models as m
 
 Handler = Callable[[httpx.Request], httpx.Response]
 
+CREATED = "2030-01-02T03:04:05Z"
 
-def job(status: str, id: int = 7) -> dict[str, Any]:
-    return {"id": id, "type": "echo", "status": status}
+
+def job(status: str = "pending", id: int = 7, **extra: Any) -> dict[str, Any]:
+    """A job as the server renders it (the fields of jobqueue.models.JobView)."""
+    return {
+        "id": id,
+        "queue": "default",
+        "type": "echo",
+        "payload": {"n": id},
+        "status": status,
+        "priority": 5,
+        "attempts": 0,
+        "max_attempts": 3,
+        "backoff": {"type": "exponential", "delay_ms": 1000, "max_delay_ms": 3600000, "jitter": 0.0},
+        "timeout_ms": 30000,
+        "idempotency_key": None,
+        "result": None,
+        "error": None,
+        "history": [],
+        "run_at": None,
+        "created_at": CREATED,
+        "started_at": None,
+        "finished_at": None,
+        **extra,
+    }
 
 
 class Recorder:
@@ -46,109 +72,22 @@ def async_client(api: Handler) -> AsyncClient:
     return AsyncClient("http://jobs.test", "tok", transport=httpx.MockTransport(api))
 
 
-def test_enqueue_sends_type_payload_options_and_token() -> None:
-    api = Recorder(httpx.Response(201, json=job("pending")))
-    run_at = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
-    with sync_client(api) as c:
-        got = c.enqueue("echo", {"a": 1}, priority=9, run_at=run_at, idempotency_key="k", queue=None)
-    assert got == job("pending")
-    req = api.requests[0]
-    assert (req.method, str(req.url)) == ("POST", "http://jobs.test/api/jobs")
-    assert req.headers["authorization"] == "Bearer tok"
-    # None options are left out, so the server applies its defaults
-    assert api.body() == {
-        "type": "echo",
-        "payload": {"a": 1},
-        "priority": 9,
-        "run_at": "2030-01-02T03:04:05+00:00",
-        "idempotency_key": "k",
-    }
+async def call(kind: str, api: Handler, method: str, *args: Any, **kwargs: Any) -> Any:
+    """Run one client method on the sync or the async client: the tests below run on both."""
+    if kind == "sync":
+        with sync_client(api) as c:
+            return getattr(c, method)(*args, **kwargs)
+    async with async_client(api) as ac:
+        return await getattr(ac, method)(*args, **kwargs)
 
 
-def test_enqueue_many_posts_one_batch_and_returns_its_jobs() -> None:
-    api = Recorder(httpx.Response(201, json={"jobs": [job("pending", 1), job("pending", 2)]}))
-    with sync_client(api) as c:
-        got = c.enqueue_many([{"type": "echo", "payload": {"i": 1}}, {"type": "echo", "delay_ms": 50}])
-    assert [j["id"] for j in got] == [1, 2]
-    assert str(api.requests[0].url) == "http://jobs.test/api/jobs/batch"
-    assert api.body() == {
-        "jobs": [{"type": "echo", "payload": {"i": 1}}, {"type": "echo", "payload": {}, "delay_ms": 50}]
-    }
-
-
-def test_get_cancel_retry_paths() -> None:
-    api = Recorder(*(httpx.Response(200, json=job(s)) for s in ("pending", "cancelled", "pending")))
-    with sync_client(api) as c:
-        assert c.get(7)["status"] == "pending"
-        assert c.cancel(7)["status"] == "cancelled"
-        assert c.retry(7)["status"] == "pending"
-    assert [(r.method, r.url.path) for r in api.requests] == [
-        ("GET", "/api/jobs/7"),
-        ("POST", "/api/jobs/7/cancel"),
-        ("POST", "/api/jobs/7/retry"),
-    ]
-
-
-def test_error_body_maps_to_api_error_with_code_message_and_field() -> None:
-    body = {"error": {"code": "invalid_job", "message": "payload.n: field required", "field": "payload.n"}}
-    api = Recorder(httpx.Response(422, json=body))
-    with sync_client(api) as c, pytest.raises(APIError) as info:
-        c.enqueue("strict", {})
-    e = info.value
-    assert (e.status_code, e.code, e.message, e.field, e.dependency) == (
-        422,
-        "invalid_job",
-        "payload.n: field required",
-        "payload.n",
-        None,
-    )
-    assert str(e) == "422 invalid_job: payload.n: field required (field payload.n)"
-
-
-def test_unavailable_carries_the_dependency() -> None:
-    body = {"error": {"code": "unavailable", "message": "redis is unavailable", "dependency": "redis"}}
-    api = Recorder(httpx.Response(503, json=body))
-    with sync_client(api) as c, pytest.raises(APIError) as info:
-        c.get(1)
-    assert (info.value.status_code, info.value.dependency) == (503, "redis")
-
-
-def test_a_foreign_error_page_still_raises_api_error() -> None:
-    api = Recorder(httpx.Response(502, text="<html>Bad Gateway</html>"))
-    with sync_client(api) as c, pytest.raises(APIError) as info:
-        c.get(1)
-    assert (info.value.status_code, info.value.code, info.value.message) == (
-        502,
-        "http_error",
-        "<html>Bad Gateway</html>",
-    )
-
-
-def test_transport_failure_is_a_connection_error() -> None:
-    def refuse(request: httpx.Request) -> httpx.Response:
-        raise httpx.ConnectError("connection refused", request=request)
-
-    with sync_client(refuse) as c, pytest.raises(APIError) as info:
-        c.get(1)
-    assert (info.value.status_code, info.value.code) == (None, "connection_error")
-
-
-def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("JOBQUEUE_URL", "https://app.example/")
-    monkeypatch.setenv("JOBS_API_TOKEN", "env-token")
-    api = Recorder(httpx.Response(200, json=job("pending")))
-    with Client(transport=httpx.MockTransport(api)) as c:
-        assert c.base_url == "https://app.example"
-        c.get(7)
-    assert str(api.requests[0].url) == "https://app.example/api/jobs/7"
-    assert api.requests[0].headers["authorization"] == "Bearer env-token"
-    monkeypatch.delenv("JOBQUEUE_URL")
-    with pytest.raises(ValueError, match="JOBQUEUE_URL"):
-        Client()
+@pytest.fixture(params=["sync", "async"])
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 class FakeTime:
-    """Stands in for the client module's clock and sleeps."""
+    """Stands in for the client's clock and sleeps."""
 
     def __init__(self) -> None:
         self.now = 0.0
@@ -168,65 +107,508 @@ class FakeTime:
 @pytest.fixture
 def fake_time(monkeypatch: pytest.MonkeyPatch) -> FakeTime:
     ft = FakeTime()
-    monkeypatch.setattr(client_mod, "_monotonic", ft.monotonic)
-    monkeypatch.setattr(client_mod, "_sleep", ft.sleep)
-    monkeypatch.setattr(client_mod, "_async_sleep", ft.asleep)
+    monkeypatch.setattr(_time, "monotonic", ft.monotonic)
+    monkeypatch.setattr(_time, "sleep", ft.sleep)
+    monkeypatch.setattr(_time, "async_sleep", ft.asleep)
     return ft
 
 
-def test_wait_polls_with_backoff_until_terminal(fake_time: FakeTime) -> None:
-    statuses = ["pending"] * 6 + ["processing", "completed"]
-    api = Recorder(*(httpx.Response(200, json=job(s)) for s in statuses))
+# --- the sans-IO layer ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("call_", "method", "path", "params", "body"),
+    [
+        (_api.get(7), "GET", "/api/jobs/7", {}, None),
+        (_api.get("7", wait_s=40), "GET", "/api/jobs/7", {"wait_s": 25}, None),  # type: ignore[arg-type]
+        (_api.get(7, wait_s=0), "GET", "/api/jobs/7", {}, None),
+        (_api.cancel(7), "POST", "/api/jobs/7/cancel", {}, None),
+        (_api.retry(7), "POST", "/api/jobs/7/retry", {}, None),
+        (_api.list_jobs(), "GET", "/api/jobs", {}, None),
+        (
+            _api.list_jobs(status="failed", queue="q", type="t", schedule_id="s", limit=10, cursor="c"),
+            "GET",
+            "/api/jobs",
+            {"status": "failed", "queue": "q", "type": "t", "schedule_id": "s", "limit": 10, "cursor": "c"},
+            None,
+        ),
+        (_api.list_dlq(queue="q", limit=5), "GET", "/api/dlq", {"queue": "q", "limit": 5}, None),
+        (_api.replay_dlq([3, 4]), "POST", "/api/dlq/replay", {}, {"ids": [3, 4]}),
+        (_api.replay_dlq(queue="q"), "POST", "/api/dlq/replay", {}, {"queue": "q"}),
+        (_api.replay_dlq(queue="q", type="t"), "POST", "/api/dlq/replay", {}, {"queue": "q", "type": "t"}),
+        (_api.purge_dlq(30), "DELETE", "/api/dlq", {"older_than_days": 30}, None),
+        (_api.list_queues(), "GET", "/api/queues", {}, None),
+        (_api.pause_queue("emails"), "POST", "/api/queues/emails/pause", {}, None),
+        (_api.resume_queue("a b/c"), "POST", "/api/queues/a%20b%2Fc/resume", {}, None),
+        (_api.metrics(), "GET", "/api/metrics", {}, None),
+        (_api.metrics_text(), "GET", "/api/metrics/prometheus", {}, None),
+        (_api.health(), "GET", "/api/health", {}, None),
+    ],
+)
+def test_each_endpoint_is_described_once(
+    call_: _api.Call[Any], method: str, path: str, params: dict[str, Any], body: Any
+) -> None:
+    assert (call_.method, call_.path, call_.params, call_.body) == (method, path, params, body)
+
+
+def test_enqueue_bodies_leave_out_what_was_not_given() -> None:
+    run_at = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+    one = _api.enqueue("echo", {"a": 1}, priority="high", run_at=run_at, backoff={"type": "fixed"}, depends_on=(1, 2))
+    assert one.body == {
+        "type": "echo",
+        "payload": {"a": 1},
+        "priority": "high",
+        "run_at": "2030-01-02T03:04:05+00:00",
+        "backoff": {"type": "fixed"},
+        "depends_on": [1, 2],
+    }
+    batch = _api.enqueue_many([{"type": "echo"}, {"type": "echo", "payload": {"i": 1}, "depends_on": [{"index": 0}]}])
+    assert batch.body == {
+        "jobs": [
+            {"type": "echo", "payload": {}},
+            {"type": "echo", "payload": {"i": 1}, "depends_on": [{"index": 0}]},
+        ]
+    }
+    with pytest.raises(ValueError, match=r"jobs\[1\] has no type"):
+        _api.enqueue_many([{"type": "echo"}, {"payload": {}}])
+
+
+def test_replay_refuses_nothing_and_both() -> None:
+    with pytest.raises(ValueError, match="give ids, or a queue"):
+        _api.replay_dlq()
+    with pytest.raises(ValueError, match="not both"):
+        _api.replay_dlq([1], queue="q")
+    assert _api.replay_dlq([]).body == {"ids": []}  # an explicit empty list replays nothing
+
+
+def test_answers_are_parsed_into_models() -> None:
+    page = _api.list_jobs().read(httpx.Response(200, json={"jobs": [job()], "next_cursor": "abc"}))
+    assert isinstance(page, m.JobPage) and page.next_cursor == "abc"
+    assert isinstance(page.jobs[0], Job) and page.jobs[0].created_at == datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+    assert _api.replay_dlq([1]).read(httpx.Response(200, json={"replayed": 1})) == 1
+    assert _api.purge_dlq(1).read(httpx.Response(200, json={"purged": 0})) == 0
+    text = "# HELP x\nx 1\n"
+    assert _api.metrics_text().read(httpx.Response(200, text=text)) == text
+
+
+def test_a_body_this_client_cannot_read_is_an_invalid_response() -> None:
+    for resp in (
+        httpx.Response(200, text="<html>hello</html>"),
+        httpx.Response(200, json={"id": "seven"}),
+        httpx.Response(200, json={"replayed": "all"}),
+    ):
+        with pytest.raises(APIError) as info:
+            (_api.replay_dlq([1]) if "replayed" in resp.text else _api.get(1)).read(resp)
+        assert (info.value.status_code, info.value.code) == (200, "invalid_response")
+
+
+def test_error_answers() -> None:
+    body = {"error": {"code": "invalid_job", "message": "payload.n: field required", "field": "payload.n"}}
+    e = _api.error_from(httpx.Response(422, json=body))
+    assert (e.status_code, e.code, e.message, e.field, e.dependency, e.retry_after_s) == (
+        422,
+        "invalid_job",
+        "payload.n: field required",
+        "payload.n",
+        None,
+        None,
+    )
+    assert str(e) == "422 invalid_job: payload.n: field required (field payload.n)"
+    body = {"error": {"code": "unavailable", "message": "redis is unavailable", "dependency": "redis"}}
+    e = _api.error_from(httpx.Response(503, json=body, headers={"Retry-After": "5"}))
+    assert (e.dependency, e.retry_after_s, str(e)) == ("redis", 5.0, "503 unavailable: redis is unavailable (redis)")
+    e = _api.error_from(httpx.Response(502, text="<html>Bad Gateway</html>"))
+    assert (e.status_code, e.code, e.message) == (502, "http_error", "<html>Bad Gateway</html>")
+    e = _api.error_from(httpx.Response(429, headers={"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}))
+    assert (e.code, e.message, e.retry_after_s) == ("http_error", "Too Many Requests", None)
+
+
+def test_health_503_is_an_answer_unless_it_is_not_ours() -> None:
+    down = {"status": "unavailable", "postgres": "ok", "redis": "down"}
+    health = _api.health().read(httpx.Response(503, json=down))
+    assert (health.ok, health.redis) == (False, "down")
+    with pytest.raises(APIError) as info:
+        _api.health().read(httpx.Response(503, text="Service Unavailable"))
+    assert (info.value.status_code, info.value.code) == (503, "http_error")
+
+
+def test_poll_delays_grow_to_two_seconds() -> None:
+    delays = _api.poll_delays()
+    assert [round(next(delays), 4) for _ in range(8)] == [0.2, 0.3, 0.45, 0.675, 1.0125, 1.5188, 2.0, 2.0]
+
+
+def test_the_wait_flow_yields_calls_and_sleeps(fake_time: FakeTime) -> None:
+    flow = _api.wait(7, timeout=3)
+    first = next(flow)
+    assert isinstance(first, _api.Call) and first.params == {"wait_s": 3} and first.hold_s == 3
+    sleep = flow.send(Job.model_validate(job("pending")))  # answered at once: wait out the delay
+    assert isinstance(sleep, _api.Sleep) and sleep.seconds == 0.2
+    fake_time.now = 0.2
+    again = flow.send(None)
+    assert isinstance(again, _api.Call) and again.params == {"wait_s": 2}
+    with pytest.raises(StopIteration) as done:
+        flow.send(Job.model_validate(job("completed")))
+    assert done.value.value.status == "completed"
+
+
+# --- both executors, every endpoint --------------------------------------------------------------
+
+
+async def test_enqueue_sends_type_payload_options_and_token(kind: str) -> None:
+    api = Recorder(httpx.Response(201, json=job("pending")))
+    run_at = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+    got = await call(kind, api, "enqueue", "echo", {"a": 1}, priority=9, run_at=run_at, idempotency_key="k")
+    assert isinstance(got, Job) and got.id == 7 and got.status == "pending"
+    req = api.requests[0]
+    assert (req.method, str(req.url)) == ("POST", "http://jobs.test/api/jobs")
+    assert req.headers["authorization"] == "Bearer tok"
+    assert api.body() == {
+        "type": "echo",
+        "payload": {"a": 1},
+        "priority": 9,
+        "run_at": "2030-01-02T03:04:05+00:00",
+        "idempotency_key": "k",
+    }
+
+
+async def test_enqueue_many_posts_one_batch_and_returns_its_jobs(kind: str) -> None:
+    api = Recorder(httpx.Response(201, json={"jobs": [job("pending", 1), job("pending", 2)]}))
+    got = await call(kind, api, "enqueue_many", [{"type": "echo", "payload": {"i": 1}}, {"type": "echo"}])
+    assert [j.id for j in got] == [1, 2]
+    assert str(api.requests[0].url) == "http://jobs.test/api/jobs/batch"
+    assert api.body() == {"jobs": [{"type": "echo", "payload": {"i": 1}}, {"type": "echo", "payload": {}}]}
+
+
+@pytest.mark.parametrize(
+    ("method", "args", "answer", "expect"),
+    [
+        ("get", (7,), job("pending"), ("GET", "/api/jobs/7")),
+        ("cancel", (7,), job("cancelled"), ("POST", "/api/jobs/7/cancel")),
+        ("retry", (7,), job("pending"), ("POST", "/api/jobs/7/retry")),
+        ("list_jobs", (), {"jobs": [job()], "next_cursor": None}, ("GET", "/api/jobs")),
+        ("list_dlq", (), {"jobs": [job("failed")], "next_cursor": None}, ("GET", "/api/dlq")),
+        ("replay_dlq", ([7],), {"replayed": 1}, ("POST", "/api/dlq/replay")),
+        ("purge_dlq", (30,), {"purged": 4}, ("DELETE", "/api/dlq")),
+        ("list_queues", (), {"queues": [{"name": "default", "paused": False, "counts": {"pending": 1}}]}, None),
+        ("pause_queue", ("emails",), {"name": "emails", "paused": True}, ("POST", "/api/queues/emails/pause")),
+        ("resume_queue", ("emails",), {"name": "emails", "paused": False}, ("POST", "/api/queues/emails/resume")),
+        ("health", (), {"status": "ok", "postgres": "ok", "redis": "ok"}, ("GET", "/api/health")),
+    ],
+)
+async def test_every_endpoint_over_both_executors(
+    kind: str, method: str, args: tuple[Any, ...], answer: dict[str, Any], expect: tuple[str, str] | None
+) -> None:
+    api = Recorder(httpx.Response(200, json=answer))
+    got = await call(kind, api, method, *args)
+    if expect is not None:
+        assert (api.requests[0].method, api.requests[0].url.path) == expect
+    if isinstance(got, m.Model):
+        assert got.model_dump(mode="json", exclude_unset=True) == answer
+    elif isinstance(got, list):
+        assert [g.model_dump(mode="json", exclude_unset=True) for g in got] == answer["queues"]
+    else:
+        assert got == next(iter(answer.values()))
+
+
+METRICS = {
+    "generated_at": CREATED,
+    "queues": {
+        "default": {
+            "paused": False,
+            "jobs": {"pending": 1, "scheduled": 0, "processing": 0, "failed": 0, "cancelled": 0},
+            "ready": {str(p): 0 for p in range(9, -1, -1)},
+            "redis": {"ready": 1, "delayed": 0, "processing": 0},
+            "oldest_pending_age_s": 1.5,
+            "last_hour": {
+                "completed": 3,
+                "failed": 1,
+                "success_rate": 0.75,
+                "execution_ms": {"count": 3, "mean": 2.0, "p50": 2.0, "p95": 3.0},
+                "wait_ms": {"count": 3, "mean": 10.0, "p95": 20.0},
+                "throughput_per_minute": [0] * 59 + [3],
+            },
+            "last_day": {"completed": 3, "failed": 1, "success_rate": 0.75, "attempts": {"completed": {"1": 3}}},
+        }
+    },
+}
+
+
+async def test_metrics_json_and_text(kind: str) -> None:
+    api = Recorder(httpx.Response(200, json=METRICS), httpx.Response(200, text="jobqueue_jobs 1\n"))
+    got = await call(kind, api, "metrics")
+    assert isinstance(got, m.Metrics)
+    assert got.queues["default"].last_hour.success_rate == 0.75
+    assert got.model_dump(mode="json") == {**METRICS, "generated_at": "2030-01-02T03:04:05Z"}
+    assert await call(kind, api, "metrics_text") == "jobqueue_jobs 1\n"
+
+
+async def test_error_answers_raise_api_error(kind: str) -> None:
+    body = {"error": {"code": "invalid_state", "message": "job 7 is completed"}}
+    api = Recorder(httpx.Response(409, json=body))
+    with pytest.raises(APIError) as info:
+        await call(kind, api, "cancel", 7)
+    assert (info.value.status_code, info.value.code, info.value.message) == (409, "invalid_state", "job 7 is completed")
+
+
+async def test_transport_failure_is_a_connection_error(kind: str) -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    with pytest.raises(APIError) as info:
+        await call(kind, refuse, "get", 1)
+    assert (info.value.status_code, info.value.code) == (None, "connection_error")
+    assert "ConnectError: connection refused" in info.value.message
+
+
+def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JOBQUEUE_URL", "https://app.example/")
+    monkeypatch.setenv("JOBS_API_TOKEN", "env-token")
+    api = Recorder(httpx.Response(200, json=job("pending")))
+    with Client(transport=httpx.MockTransport(api)) as c:
+        assert c.base_url == "https://app.example"
+        c.get(7)
+    assert str(api.requests[0].url) == "https://app.example/api/jobs/7"
+    assert api.requests[0].headers["authorization"] == "Bearer env-token"
+    monkeypatch.delenv("JOBQUEUE_URL")
+    with pytest.raises(ValueError, match="JOBQUEUE_URL"):
+        AsyncClient()
+    monkeypatch.setenv("JOBQUEUE_URL", "https://app.example/")
+    monkeypatch.delenv("JOBS_API_TOKEN")
+    with pytest.raises(ValueError, match="JOBS_API_TOKEN"):
+        Client()
+
+
+# --- paging ------------------------------------------------------------------------------------
+
+
+class PagedAPI:
+    """Serves `total` jobs newest first, `limit` per page, with an opaque cursor."""
+
+    def __init__(self, total: int) -> None:
+        self.ids = list(range(total, 0, -1))
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        limit = int(request.url.params.get("limit", 50))
+        start = int(request.url.params["cursor"][1:]) if "cursor" in request.url.params else 0
+        chunk = self.ids[start : start + limit]
+        more = start + limit < len(self.ids)
+        return httpx.Response(
+            200, json={"jobs": [job(id=i) for i in chunk], "next_cursor": f"c{start + limit}" if more else None}
+        )
+
+
+def test_iter_jobs_follows_the_cursor_lazily() -> None:
+    api = PagedAPI(5)
     with sync_client(api) as c:
-        assert c.wait(7, timeout=60)["status"] == "completed"
-    # 0.2 s growing by 1.5x, capped at 2 s
+        it = c.iter_jobs(status="pending", limit=2)
+        assert api.requests == []  # nothing is fetched before the first item is asked for
+        assert next(it).id == 5
+        assert len(api.requests) == 1
+        assert [j.id for j in it] == [4, 3, 2, 1]
+    assert [dict(r.url.params) for r in api.requests] == [
+        {"status": "pending", "limit": "2"},
+        {"status": "pending", "limit": "2", "cursor": "c2"},
+        {"status": "pending", "limit": "2", "cursor": "c4"},
+    ]
+
+
+async def test_async_iter_dlq_follows_the_cursor() -> None:
+    api = PagedAPI(3)
+    async with async_client(api) as c:
+        assert [j.id async for j in c.iter_dlq(queue="q", limit=2)] == [3, 2, 1]
+    assert [r.url.path for r in api.requests] == ["/api/dlq", "/api/dlq"]
+    assert api.requests[1].url.params["cursor"] == "c2"
+
+
+def test_a_server_repeating_its_cursor_does_not_page_forever() -> None:
+    stuck = {"jobs": [job()], "next_cursor": "same"}
+    api = Recorder(*(httpx.Response(200, json=stuck) for _ in range(3)))
+    with sync_client(api) as c, pytest.raises(APIError, match="answered the cursor it was given"):
+        list(c.iter_jobs())
+    assert len(api.requests) == 2
+
+
+# --- wait: against a server that long-polls and one that ignores wait_s ----------------------------
+
+
+class JobServer:
+    """One job that becomes `final` at `done_at` (fake seconds). With `long_poll` the server holds
+    `GET ?wait_s=N` until the job is terminal or N seconds have passed, as DESIGN.md section 8
+    says; without it, it ignores the parameter and answers at once (today's server)."""
+
+    def __init__(self, fake: FakeTime, done_at: float | None, *, long_poll: bool, final: str = "completed") -> None:
+        self.fake, self.done_at, self.long_poll, self.final = fake, done_at, long_poll, final
+        self.asked: list[tuple[float, int | None]] = []  # (when, wait_s) of each request
+        self.timeouts: list[float] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        wait_s = int(request.url.params["wait_s"]) if "wait_s" in request.url.params else None
+        self.asked.append((round(self.fake.now, 4), wait_s))
+        self.timeouts.append(request.extensions["timeout"]["read"])
+        if self.long_poll and wait_s:
+            until = self.fake.now + wait_s
+            self.fake.now = until if self.done_at is None else min(until, max(self.done_at, self.fake.now))
+        done = self.done_at is not None and self.fake.now >= self.done_at
+        return httpx.Response(200, json=job(self.final if done else "processing"))
+
+
+async def test_wait_against_a_long_polling_server_asks_again_at_once(kind: str, fake_time: FakeTime) -> None:
+    server = JobServer(fake_time, done_at=40.0, long_poll=True)
+    done = await call(kind, server, "wait", 7, timeout=60)
+    assert (done.status, fake_time.now) == ("completed", 40.0)
+    assert server.asked == [(0.0, 25), (25.0, 25)]  # held 25 s, then answered at completion
+    assert fake_time.sleeps == []
+    assert server.timeouts == [35.0, 35.0]  # the client's 10 s plus what the server may hold
+
+
+async def test_wait_against_a_server_that_ignores_wait_s_polls_with_backoff(kind: str, fake_time: FakeTime) -> None:
+    server = JobServer(fake_time, done_at=5.0, long_poll=False, final="failed")
+    done = await call(kind, server, "wait", 7, timeout=60)
+    assert done.status == "failed"
     assert fake_time.sleeps == [0.2, 0.3, 0.45, 0.675, 1.0125, 1.5188, 2.0]
+    assert [w for _, w in server.asked] == [25] * 8  # asked to hold each time; answered at once
 
 
-def test_wait_raises_a_timeout_error_with_the_last_state(fake_time: FakeTime) -> None:
-    api = Recorder(*(httpx.Response(200, json=job("processing")) for _ in range(10)))
-    with sync_client(api) as c, pytest.raises(WaitTimeout) as info:
-        c.wait(7, timeout=1.0)
+async def test_wait_times_out_at_the_deadline_on_a_long_polling_server(kind: str, fake_time: FakeTime) -> None:
+    server = JobServer(fake_time, done_at=None, long_poll=True)
+    with pytest.raises(WaitTimeout) as info:
+        await call(kind, server, "wait", 7, timeout=30)
+    assert server.asked == [(0.0, 25), (25.0, 5)]  # never held past the deadline
+    assert (fake_time.now, info.value.job.status) == (30.0, "processing")
+
+
+async def test_wait_raises_a_timeout_error_with_the_last_state(kind: str, fake_time: FakeTime) -> None:
+    server = JobServer(fake_time, done_at=None, long_poll=False)
+    with pytest.raises(WaitTimeout) as info:
+        await call(kind, server, "wait", 7, timeout=1.0)
     assert isinstance(info.value, TimeoutError)
-    assert info.value.job == job("processing")
+    assert isinstance(info.value.job, Job) and info.value.job.status == "processing"
     assert str(info.value) == "job 7 is still processing after 1 s"
-    # the last sleep is cut to the deadline, then one final look
+    # the last sleep is cut to the deadline, then one final look; wait_s only while a second is left
     assert fake_time.sleeps == [0.2, 0.3, 0.45, 0.05]
+    assert [w for _, w in server.asked] == [1, None, None, None, None]
+
+
+async def test_wait_without_long_polling_sends_no_wait_s(kind: str, fake_time: FakeTime) -> None:
+    server = JobServer(fake_time, done_at=0.3, long_poll=True)
+    assert (await call(kind, server, "wait", 7, timeout=10, long_poll_s=0)).status == "completed"
+    assert server.asked == [(0.0, None), (0.2, None), (0.5, None)]
 
 
 @pytest.mark.parametrize("terminal", ["completed", "failed", "cancelled"])
-async def test_async_wait_returns_any_terminal_state(fake_time: FakeTime, terminal: str) -> None:
-    api = Recorder(httpx.Response(200, json=job("pending")), httpx.Response(200, json=job(terminal)))
-    async with async_client(api) as c:
-        assert (await c.wait(7))["status"] == terminal
-    assert fake_time.sleeps == [0.2]
+async def test_wait_returns_any_terminal_state_at_once(kind: str, fake_time: FakeTime, terminal: str) -> None:
+    api = Recorder(httpx.Response(200, json=job(terminal)))
+    assert (await call(kind, api, "wait", 7)).status == terminal
+    assert fake_time.sleeps == []
 
 
-async def test_async_methods_and_errors() -> None:
-    body = {"error": {"code": "invalid_state", "message": "job 7 is completed"}}
-    api = Recorder(
-        httpx.Response(201, json=job("pending")),
-        httpx.Response(201, json={"jobs": [job("pending", 8)]}),
-        httpx.Response(409, json=body),
+async def test_wait_passes_errors_through(kind: str, fake_time: FakeTime) -> None:
+    api = Recorder(httpx.Response(404, json={"error": {"code": "job_not_found", "message": "job 7 not found"}}))
+    with pytest.raises(APIError) as info:
+        await call(kind, api, "wait", 7)
+    assert info.value.code == "job_not_found"
+
+
+# --- the models --------------------------------------------------------------------------------
+
+
+def test_models_keep_fields_a_newer_server_adds() -> None:
+    newer = job(
+        "waiting",
+        group="tenant-1",
+        depends_on=[3],
+        progress={"percent": 50, "message": "half", "data": None, "updated_at": CREATED},
+        schedule_id="nightly",
+        something_new={"x": 1},
     )
-    async with async_client(api) as c:
-        assert (await c.enqueue("echo", {"x": 1}, max_attempts=2))["id"] == 7
-        assert [j["id"] for j in await c.enqueue_many([{"type": "echo"}])] == [8]
-        with pytest.raises(APIError) as info:
-            await c.cancel(7)
-    assert (info.value.status_code, info.value.code) == (409, "invalid_state")
-    assert api.body(0) == {"type": "echo", "payload": {"x": 1}, "max_attempts": 2}
+    got = Job.model_validate(newer)
+    assert (got.status, got.terminal, got.group, got.depends_on) == ("waiting", False, "tenant-1", [3])
+    assert got.progress is not None and got.progress.percent == 50
+    assert got.model_extra == {"something_new": {"x": 1}}
+    assert got.model_dump(mode="json", exclude_unset=True) == newer
+    queue = m.QueueInfo.model_validate({"name": "q", "paused": False, "counts": {}, "concurrency": 4})
+    assert queue.model_extra == {"concurrency": 4}
 
 
-async def test_in_process_enqueue_refuses_an_unknown_target() -> None:
-    with pytest.raises(TypeError, match="needs a JobQueue"):
-        await client_mod.enqueue(object(), "echo")
+def test_models_answer_mapping_access_as_the_dict_client_did() -> None:
+    got = Job.model_validate(job("completed", result={"ok": True}, later=1))
+    assert (got["id"], got["status"], got["result"], got["created_at"]) == (7, "completed", {"ok": True}, CREATED)
+    assert (got["later"], got.get("nope"), got.get("error", "x")) == (1, None, None)
+    with pytest.raises(KeyError):
+        got["nope"]
 
 
-def test_importing_the_client_does_not_load_httpx_or_the_engine() -> None:
+def test_client_models_require_no_field_the_server_does_not_send() -> None:
+    """Drift guard: every field a client model requires is in the server's model."""
+    from jobqueue.models import JobView
+    from jobqueue.web import routes_admin, routes_metrics
+
+    pairs = [
+        (m.Job, JobView),
+        (m.QueueInfo, routes_admin.QueueView),
+        (m.QueueState, routes_admin.QueueState),
+        (m.Health, routes_admin.Health),
+        (m.Metrics, routes_metrics.Metrics),
+        (m.QueueMetrics, routes_metrics.QueueMetrics),
+        (m.LastHour, routes_metrics.LastHour),
+        (m.LastDay, routes_metrics.LastDay),
+    ]
+    for client_model, server_model in pairs:
+        required = {n for n, f in client_model.model_fields.items() if f.is_required()}
+        assert required <= set(server_model.model_fields), client_model.__name__
+
+
+def test_a_job_as_the_server_renders_it_parses() -> None:
+    from jobqueue.models import JobView
+
+    server = JobView.model_validate(job("scheduled", run_at=CREATED)).model_dump(mode="json")
+    assert Job.model_validate(server).model_dump(mode="json", include=set(server)) == server
+
+
+# --- the twins ---------------------------------------------------------------------------------
+
+
+def public_methods(cls: type) -> dict[str, Any]:
+    return {n: getattr(cls, n) for n in dir(cls) if not n.startswith("_") and callable(getattr(cls, n))}
+
+
+def test_the_twins_have_the_same_methods_with_the_same_signatures() -> None:
+    sync, asyn = public_methods(Client), public_methods(AsyncClient)
+    assert set(sync) - {"close"} == set(asyn) - {"aclose"}
+    for name, fn in sync.items():
+        if name == "close":
+            continue
+        s, a = inspect.signature(fn), inspect.signature(asyn[name])
+        assert (fn.__name__, list(s.parameters)) == (name, list(a.parameters)), name
+        assert s.parameters["self"].kind is inspect.Parameter.POSITIONAL_ONLY
+        assert fn.__doc__ and fn.__doc__ == asyn[name].__doc__, name
+        if name.startswith("iter_"):
+            assert inspect.isasyncgenfunction(asyn[name]) and inspect.isgeneratorfunction(fn)
+        else:
+            assert inspect.iscoroutinefunction(asyn[name]) and not inspect.iscoroutinefunction(fn), name
+
+
+def test_a_wrong_call_fails_before_any_request() -> None:
+    api = Recorder()
+    with sync_client(api) as c, pytest.raises(TypeError):
+        c.get()  # type: ignore[call-arg]
+    assert api.requests == []
+
+
+def test_importing_the_client_loads_neither_httpx_nor_pydantic_nor_the_engine() -> None:
     code = (
         "import sys, jobqueue.client; "
-        "print(sorted(m for m in ('httpx', 'asyncpg', 'jobqueue.engine', 'api') if m in sys.modules))"
+        "print(sorted(m for m in ('httpx', 'pydantic', 'asyncio', 'asyncpg', 'fastapi', 'jobqueue.engine',"
+        " 'jobqueue.models', 'api') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+async def test_in_process_enqueue_refuses_an_unknown_target() -> None:
+    from jobqueue.client import enqueue
+
+    with pytest.raises(TypeError, match="needs a JobQueue"):
+        await enqueue(object(), "echo")
