@@ -310,6 +310,16 @@ class Broker:
     async def ping(self) -> None:
         await self.redis.command("PING")
 
+    async def forget_prefix(self) -> int:
+        """Delete every key of this prefix (a test harness's teardown): SCAN, then DEL in batches."""
+        cursor, deleted = "0", 0
+        while True:
+            cursor, keys = await self.redis.command("SCAN", cursor, "MATCH", f"{self.keys.prefix}:*", "COUNT", 1000)
+            if keys:
+                deleted += int(await self.redis.command("DEL", *keys) or 0)
+            if str(cursor) == "0":
+                return deleted
+
     # --- reconcile ----------------------------------------------------------------------------
 
     async def clear_index(self, queues: Iterable[str]) -> None:

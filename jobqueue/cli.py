@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action=_Version, help="print the installed version and exit")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
-    _command(sub, "migrate", "apply schema.sql (idempotent, serialised by an advisory lock)")
+    _command(sub, "migrate", "apply the shipped migrations this database has not had (idempotent, serialised)")
 
     e = _command(sub, "enqueue", "enqueue one job; prints whether it was created and the job")
     e.add_argument("type", help="the job type, as registered (e.g. echo)")
@@ -199,15 +199,20 @@ async def _run(args: argparse.Namespace) -> int:
 
     cmd = args.cmd
     if cmd == "migrate":
-        from .store import Store
+        from .store import Store, migrations
 
         settings = Settings()
         if not settings.database_url:
             raise JobQueueError("DATABASE_URL is not set")
         store = Store(settings.database_url)
-        await store.migrate()
-        await store.close()
-        print("schema applied")
+        try:
+            applied = await store.migrate()
+        finally:
+            await store.close()
+        names = {m.version: m.name for m in migrations()}
+        for v in applied:
+            print(f"applied {v:04d}_{names[v]}")
+        print(f"schema applied: at migration {max(names):04d}" + ("" if applied else " (nothing to do)"))
     elif cmd == "enqueue":
         try:
             payload = json.loads(args.payload)

@@ -238,6 +238,16 @@ class Store:
                 applied.append(m.version)
         return applied
 
+    @staticmethod
+    async def create_database(admin_url: str, name: str, *, template: str | None = None) -> None:
+        """CREATE DATABASE (for the test harness); names are checked: identifiers cannot be parameters."""
+        sql = QUERIES["create_database_from" if template else "create_database"]
+        await _admin(admin_url, sql.format(name=_ident(name), template=_ident(template or name)))
+
+    @staticmethod
+    async def drop_database(admin_url: str, name: str) -> None:
+        await _admin(admin_url, QUERIES["drop_database"].format(name=_ident(name)))
+
     async def ping(self) -> None:
         async with self.connection() as conn:
             await conn.fetchval(QUERIES["ping"])
@@ -246,6 +256,24 @@ class Store:
         pool, self._pool = self._pool, None
         if pool is not None and self._loop is asyncio.get_running_loop():
             await pool.close()
+
+
+def _ident(name: str) -> str:
+    if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", name):
+        raise ValueError(f"not a plain database name: {name!r}")
+    return name
+
+
+async def _admin(admin_url: str, sql: str) -> None:
+    dsn, ssl = parse_database_url(admin_url)
+    try:
+        conn = await asyncpg.connect(dsn, ssl=ssl)
+    except _DOWN as e:
+        raise PostgresUnavailable(f"postgres: {type(e).__name__}: {e}") from e
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
 
 
 def ids_array(ids: Sequence[int]) -> list[int]:

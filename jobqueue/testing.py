@@ -64,16 +64,6 @@ def _db_url(admin: str, name: str) -> str:
     return admin.rpartition("/")[0] + "/" + name
 
 
-async def _admin_execute(admin: str, sql: str) -> None:
-    import asyncpg  # only the test harness talks to Postgres outside the store: it makes databases
-
-    conn = await asyncpg.connect(admin)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
 async def _template(admin: str) -> str:
     global _template_lock
     if _template_lock is None:
@@ -81,7 +71,7 @@ async def _template(admin: str) -> str:
     async with _template_lock:
         if admin not in _templates:
             name = f"jobqueue_test_tpl_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-            await _admin_execute(admin, f"CREATE DATABASE {name}")
+            await Store.create_database(admin, name)
             store = Store(_db_url(admin, name))
             try:
                 await store.migrate()
@@ -129,7 +119,9 @@ class Harness:
     async def get(self, job_id: int) -> JobView:
         return JobView.from_row(await self.jq.get(job_id))
 
-    async def jobs(self, *, status: str | None = None, queue: str | None = None, type: str | None = None) -> list[JobView]:
+    async def jobs(
+        self, *, status: str | None = None, queue: str | None = None, type: str | None = None
+    ) -> list[JobView]:
         """Every job matching the filter, newest first."""
         out: list[JobView] = []
         cursor = None
@@ -150,7 +142,7 @@ async def harness(registry: Registry | None = None, **settings: Any) -> AsyncIte
     admin = admin_url()
     template = await _template(admin)
     name = f"jobqueue_test_{uuid.uuid4().hex[:12]}"
-    await _admin_execute(admin, f"CREATE DATABASE {name} TEMPLATE {template}")
+    await Store.create_database(admin, name, template=template)
     url = _db_url(admin, name)
     prefix = f"jqtest{uuid.uuid4().hex[:8]}"
     clock = FakeClock()
@@ -162,7 +154,7 @@ async def harness(registry: Registry | None = None, **settings: Any) -> AsyncIte
     finally:
         await jq.broker.forget_prefix()
         await jq.close()
-        await _admin_execute(admin, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await Store.drop_database(admin, name)
 
 
 # --- the pytest plugin -------------------------------------------------------------------------

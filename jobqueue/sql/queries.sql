@@ -353,3 +353,15 @@ SELECT count(*)::bigint AS n FROM (
       AND ($3::timestamptz IS NULL OR finished_at < $3)
     LIMIT $4
 ) f;
+
+-- name: create_database
+-- A database of its own for a test harness ({name} is a checked identifier).
+CREATE DATABASE {name};
+
+-- name: create_database_from
+-- The same, copied from a migrated template database.
+CREATE DATABASE {name} TEMPLATE {template};
+
+-- name: drop_database
+-- Remove a test harness's database, whoever is still connected.
+DROP DATABASE IF EXISTS {name} WITH (FORCE);

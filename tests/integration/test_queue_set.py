@@ -39,7 +39,7 @@ async def test_a_queue_with_anything_in_redis_is_kept_even_if_postgres_shows_not
 ) -> None:
     jq: JobQueue = make_jq(JOBQUEUE_RECONCILE_INTERVAL_S=60)
     await jq.drain(1)
-    row, _ = await jq.enqueue({"type": "echo", "queue": "racing", "payload": {}})
+    await jq.enqueue({"type": "echo", "queue": "racing", "payload": {}})
     # Reconcile reads Postgres before the enqueue commits, then prunes: Redis' own check, in the
     # same step as the removal, keeps the queue whose ready list holds the new job.
     assert await jq.broker.prune_queues({"racing"}) == set()
