@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -47,7 +48,7 @@ async def _worker(args: argparse.Namespace) -> int:
     """A long-running loop over the same drain (jobqueue/worker.py): sleeps only when idle; on
     SIGTERM/SIGINT it stops claiming, lets running jobs finish within their timeout, records every
     outcome and releases what it has not started."""
-    from .worker import run_worker
+    from .worker import Liveness, run_worker
 
     settings = Settings()
     jq = _engine(settings)
@@ -56,10 +57,27 @@ async def _worker(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     log = logging.getLogger("jobqueue.worker")
-    log.info("worker started (prefix %s, concurrency %d)", settings.prefix, settings.concurrency)
+    live = Liveness()
+    port = args.port if args.port is not None else (int(os.environ["PORT"]) if os.environ.get("PORT") else None)
+    if port is not None:
+        try:
+            await live.start(args.host, port)
+        except OSError as e:
+            await jq.close()
+            raise UsageError(f"cannot listen on {args.host}:{port} for the health check ({e.strerror})") from None
+    where = f", health on http://{args.host}:{port}/" if port is not None else ""
+    log.info("worker started (prefix %s, concurrency %d%s)", settings.prefix, settings.concurrency, where)
     try:
-        await run_worker(jq, stop=stop, budget_s=args.budget, idle_s=args.idle_sleep)
+        await run_worker(
+            jq,
+            stop=stop,
+            budget_s=args.budget,
+            idle_s=args.idle_sleep,
+            on_report=live.on_report,
+            on_error=live.on_error,
+        )
     finally:
+        await live.close()
         await jq.close()
     log.info("worker stopped")
     return 0
@@ -138,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     w = _command(sub, "worker", "drain in a loop until SIGTERM/SIGINT, then stop gracefully")
     w.add_argument("--budget", type=float, default=30.0, help="seconds per drain (default 30)")
     w.add_argument("--idle-sleep", type=float, default=1.0, help="seconds to sleep when idle (default 1)")
+    w.add_argument("--port", type=int, default=None, help="serve a health check on this port (PORT; default: none)")
+    w.add_argument("--host", default="0.0.0.0", help="address of the health check (default 0.0.0.0)")
 
     dlq = _command(sub, "dlq", "the dead-letter queue (failed jobs)")
     dsub = dlq.add_subparsers(dest="dlq_cmd", required=True, metavar="ACTION")

@@ -23,17 +23,20 @@ but unstarted ones are released), closes the engine and stops the embedded Postg
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from jobqueue.errors import JobQueueError
 from jobqueue.settings import Settings
@@ -201,21 +204,42 @@ class Tick:
             )
 
 
+def masked(url: str | None) -> str:
+    """A URL with its password replaced, for the banner."""
+    if not url:
+        return "(none)"
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
 def banner(services: Services, url: str) -> str:
     def cred(name: str) -> str:
         value = services.defaults.get(name)
         return f"{name}={value}" if value else f"{name}: (from the environment)"
 
+    s = services.settings
     token = services.defaults.get("JOBS_API_TOKEN") or "$JOBS_API_TOKEN"
     auth = f"-H 'Authorization: Bearer {token}'"
+    redis_env = "" if services.embedded_redis or not s.redis_url else f" REDIS_URL={masked(s.redis_url)}"
+    cli = (
+        "  (the in-memory Redis lives in this process: the jobqueue CLI cannot reach it; set REDIS_URL)"
+        if services.embedded_redis
+        else f"  export DATABASE_URL='{masked(s.database_url)}'{redis_env} JOBQUEUE_PREFIX={s.prefix}"
+    )
     return f"""
 jobqueue dev server
   API        {url}   (docs: {url}/api/docs)
-  Postgres   {services.postgres}
-  Redis      {services.redis}
+  Postgres   {services.postgres}: {masked(s.database_url)}
+  Redis      {services.redis}, key prefix {s.prefix!r} (JOBQUEUE_PREFIX)
   Worker     a local tick drains every {TICK_S:g} s and at once after each enqueue
   {cred("JOBS_API_TOKEN")}
   {cred("WORKER_SECRET")}
+
+The jobqueue CLI acts on this queue with the same settings:
+{cli}
 
 Enqueue an echo job and poll its status:
   id=$(curl -s -X POST {url}/api/jobs {auth} -H 'Content-Type: application/json' \\
@@ -236,7 +260,7 @@ async def serve(services: Services, host: str, port: int) -> int:
         await jq.store.migrate()
     except JobQueueError as e:
         await jq.close()
-        raise DevError(f"cannot apply schema.sql: {e.message}") from e
+        raise DevError(f"cannot migrate the database: {e.message}") from e
     app = create_app(jq=jq)  # handed in, so the app leaves closing it to us
     tick = Tick(jq)
     install_kicker(app, tick.kick)
@@ -272,13 +296,38 @@ async def serve(services: Services, host: str, port: int) -> int:
     return 0
 
 
-def main() -> int:
+def port_free(host: str, port: int) -> bool:
+    """Whether the server could listen there: checked before anything starts, so a clash is one
+    clear line instead of a traceback after the embedded Postgres has come up."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def parse_args(argv: list[str] | None, env: Mapping[str, str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m jobqueue.devserver", description="the API on embedded defaults")
+    p.add_argument("--host", default=env.get("HOST", "127.0.0.1"), help="address to listen on (HOST; 127.0.0.1)")
+    p.add_argument("--port", type=int, default=int(env.get("PORT", "8000")), help="port (PORT; 8000)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     # The tick logs busy drains itself, one line each.
     logging.getLogger("jobqueue.drain").setLevel(logging.WARNING)
     logging.getLogger("pgserver").setLevel(logging.WARNING)  # it logs every initdb/pg_ctl line
-    host = os.environ.get("HOST", "127.0.0.1")
-    port = int(os.environ.get("PORT", "8000"))
+    try:
+        args = parse_args(argv, os.environ)
+    except ValueError:
+        print("make dev: PORT must be a number", file=sys.stderr)
+        return 2
+    host, port = args.host, args.port
+    if not port_free(host, port):
+        print(f"make dev: port {port} on {host} is in use (another server?); set PORT or pass --port", file=sys.stderr)
+        return 2
     # Until uvicorn takes over the signals, SIGTERM unwinds like Ctrl-C so the embedded Postgres
     # is still stopped (the default action would kill the process without any cleanup).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

@@ -61,6 +61,7 @@ async def run_worker(
     idle_s: float,
     wake: asyncio.Event | None = None,
     on_report: Callable[[DrainReport], None] | None = None,
+    on_error: Callable[[str], None] | None = None,
 ) -> None:
     """Drain until `stop` is set. `wake` (set by a kick) ends an idle sleep early."""
     last_error: str | None = None
@@ -75,6 +76,8 @@ async def run_worker(
             if e.message != last_error:
                 log.warning("drain failed: %s", e.message)
                 last_error = e.message
+            if on_error is not None:
+                on_error(e.message)
             await _sleep(stop, wake, idle_s)
             continue
         if last_error is not None:
@@ -97,3 +100,48 @@ async def _sleep(stop: asyncio.Event, wake: asyncio.Event | None, seconds: float
     finally:
         for w in waiters:
             w.cancel()
+
+
+class Liveness:
+    """What `jobqueue worker --port` answers on any GET: 200 while drains succeed, 503 after one
+    failed (Postgres or Redis down), with the last drain's counts. For a container's liveness or
+    readiness probe; it serves nothing else and reads no request body."""
+
+    def __init__(self) -> None:
+        self.drains = 0
+        self.last: dict[str, object] | None = None
+        self.error: str | None = None
+        self._server: asyncio.Server | None = None
+
+    def on_report(self, report: DrainReport) -> None:
+        self.drains += 1
+        self.last = report.contract()
+        self.error = None
+
+    def on_error(self, message: str) -> None:
+        self.error = message
+
+    async def start(self, host: str, port: int) -> None:
+        self._server = await asyncio.start_server(self._answer, host, port)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        import json
+
+        try:
+            with contextlib.suppress(TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+                await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            ok = self.error is None
+            body = json.dumps({"status": "ok" if ok else "failing", "drains": self.drains, "last": self.last}).encode()
+            head = f"HTTP/1.1 {'200 OK' if ok else '503 Service Unavailable'}\r\n"
+            head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            writer.write(head.encode() + body)
+            await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()

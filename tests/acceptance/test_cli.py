@@ -176,3 +176,67 @@ async def test_worker_stops_gracefully_on_sigterm(database_url: str, redis_serve
     statuses = sorted((await _statuses(database_url)).values())
     # the two running jobs finished; the four never claimed are still pending, none left leased
     assert statuses == [("completed", 1)] * 2 + [("pending", 0)] * 4
+
+
+async def test_an_idle_worker_is_quiet_and_answers_its_health_check(
+    database_url: str, redis_server: str, prefix: str
+) -> None:
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = _env(database_url, redis_server, prefix)
+    _cli(env, "migrate")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jobqueue", "worker", "--idle-sleep", "0.2", "--port", str(port), "--host", "127.0.0.1"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        body = None
+        for _ in range(100):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as resp:
+                    body = json.loads(resp.read())
+                if body["drains"] >= 10:  # about two seconds of idle drains, 0.2 s apart
+                    break
+            except OSError:
+                pass
+            time.sleep(0.1)
+        assert body is not None and body["status"] == "ok" and body["last"]["claimed"] == 0
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    # "worker started", perhaps the first drain's index rebuild, "worker stopped": no line per idle drain
+    assert len(lines) <= 4, lines
+    assert "worker started" in lines[0] and "worker stopped" in lines[-1]
+
+
+def test_a_port_already_in_use_is_one_clear_line(database_url: str, redis_server: str, prefix: str) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = _env(database_url, redis_server, prefix)
+        err = _cli_error(env, "worker", "--port", str(port), "--host", "127.0.0.1")
+        assert "cannot listen on 127.0.0.1" in err
+        dev = subprocess.run(
+            [sys.executable, "-m", "jobqueue.devserver", "--port", str(port)],
+            env={**env, "DATABASE_URL": database_url},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert dev.returncode == 2 and dev.stderr.strip().splitlines() == [
+        f"make dev: port {port} on 127.0.0.1 is in use (another server?); set PORT or pass --port"
+    ]

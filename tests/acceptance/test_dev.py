@@ -1,4 +1,4 @@
-"""`python -m api.dev` (what `make dev` runs) as a real process: the banner, the local tick and the
+"""`python -m jobqueue.devserver` (what `make dev` runs) as a real process: the banner, the local tick and the
 kick (jobs complete without anyone calling /api/workers), a graceful stop that lets the running
 drain finish, and one boot on nothing at all (embedded Postgres and Redis)."""
 
@@ -84,6 +84,7 @@ def test_the_tick_and_the_kick_run_jobs_without_a_workers_call(database_url: str
         assert f"API        {dev.url}" in banner
         assert "Postgres   DATABASE_URL" in banner
         assert "Redis      in-memory" in banner
+        assert "the jobqueue CLI cannot reach it" in banner
         token = re.search(r"JOBS_API_TOKEN=(\S+)", banner)
         assert token is not None and token.group(1) == "dev-token"
         assert "WORKER_SECRET=dev-worker-secret" in banner
@@ -123,7 +124,10 @@ def test_sigterm_lets_the_running_drain_finish(
     try:
         with dev_server(tmp_path, env) as dev:
             banner = dev.banner()
-            assert "Redis      redis://127.0.0.1:6379/0 (local server)" in banner
+            assert f"Redis      redis://127.0.0.1:6379/0 (local server), key prefix {prefix!r}" in banner
+            # The banner says how to point the CLI at this very queue (prefix and database included).
+            assert f"JOBQUEUE_PREFIX={prefix}" in banner and "REDIS_URL=redis://127.0.0.1:6379/0" in banner
+            assert database_url.rsplit("/", 1)[1] in banner
             assert "JOBS_API_TOKEN: (from the environment)" in banner
             assert "env-token-0123456789" not in banner  # a real secret is never printed
             with Client(dev.url, "env-token-0123456789") as jobs:
