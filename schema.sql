@@ -30,7 +30,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     started_at       timestamptz,
     finished_at      timestamptz,
     -- false until a job enqueued inside an application's transaction is indexed in Redis (0002)
-    dispatched       boolean     NOT NULL DEFAULT true
+    dispatched       boolean     NOT NULL DEFAULT true,
+    -- the schedule that fired it and the tick it stands for (0003)
+    schedule_id      text,
+    scheduled_for    timestamptz
 );
 
 -- idempotency: a key is unique per queue
@@ -64,3 +67,40 @@ CREATE INDEX IF NOT EXISTS jobs_dead ON jobs (queue, status, id DESC) WHERE stat
 
 -- jobs enqueued in an application's transaction that are not indexed yet: the dispatch sweep (0002)
 CREATE INDEX IF NOT EXISTS jobs_undispatched ON jobs (id) WHERE NOT dispatched;
+
+-- recurring jobs (0003)
+CREATE TABLE IF NOT EXISTS schedules (
+    id               text        PRIMARY KEY,
+    type             text        NOT NULL,
+    payload          jsonb       NOT NULL DEFAULT '{}'::jsonb,
+    queue            text,                      -- NULL: the job type's queue
+    priority         smallint    NOT NULL DEFAULT 5 CHECK (priority BETWEEN 0 AND 9),
+    max_attempts     integer     CHECK (max_attempts BETWEEN 1 AND 100),
+    backoff          jsonb,
+    timeout_ms       integer     CHECK (timeout_ms > 0),
+    cron             text,
+    tz               text        NOT NULL DEFAULT 'UTC',
+    every_ms         bigint      CHECK (every_ms >= 1000),
+    misfire          text        NOT NULL DEFAULT 'coalesce' CHECK (misfire IN ('coalesce', 'catch_up', 'skip')),
+    misfire_grace_ms bigint      CHECK (misfire_grace_ms >= 0),
+    catch_up_limit   integer     NOT NULL DEFAULT 10 CHECK (catch_up_limit BETWEEN 1 AND 1000),
+    overlap          text        NOT NULL DEFAULT 'allow' CHECK (overlap IN ('allow', 'skip')),
+    paused           boolean     NOT NULL DEFAULT false,
+    -- the earliest tick not yet fired (or skipped): the compare-and-set watermark
+    next_run_at      timestamptz NOT NULL,
+    -- the last tick fired or passed over, and how the schedule was last defined in code (NULL: by the API)
+    last_run_at      timestamptz,
+    code_hash        text,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    updated_at       timestamptz NOT NULL DEFAULT now(),
+    CHECK ((cron IS NULL) <> (every_ms IS NULL))
+);
+
+-- one job per schedule and tick, whatever fires it (the second line of defence)
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_schedule_tick ON jobs (schedule_id, scheduled_for)
+    WHERE schedule_id IS NOT NULL;
+-- a schedule's jobs, newest first (GET /api/jobs?schedule_id=, its last job), and its unfinished
+-- ones (overlap: skip)
+CREATE INDEX IF NOT EXISTS jobs_by_schedule ON jobs (schedule_id, id DESC) WHERE schedule_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_schedule_unfinished ON jobs (schedule_id)
+    WHERE schedule_id IS NOT NULL AND status IN ('pending', 'scheduled', 'processing');

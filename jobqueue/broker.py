@@ -31,6 +31,11 @@ TURN_EXPIRY_SLACK_MS = 10 * 60 * 1000
 # SWEEP_EVERY_MS for SWEEP_WINDOW_MS, in case it commits without its push (reconcile.sweep).
 SWEEP_EVERY_MS = 1000
 SWEEP_WINDOW_MS = 120_000
+# A due schedule a claim took stays out of other claims' sight this long: the drain fires it (or
+# finds it fired) and sets its real next tick well within it; a drain that died meanwhile only
+# delays the tick by this much (Postgres, not this lease, makes firing exactly-once).
+SCHEDULE_LEASE_MS = 10_000
+SCHEDULES_PER_CLAIM = 100
 PRUNE = Script(
     "prune_queues",
     """
@@ -79,6 +84,12 @@ class Claimed:
     known_queues: list[str] = field(default_factory=list)
     members: dict[int, tuple[str, str]] = field(default_factory=dict)  # id -> (queue, member)
     recovered: set[int] = field(default_factory=set)
+    due_schedules: list[str] = field(default_factory=list)
+    kick_at_ms: int | None = None  # publish one delayed kick for this due time
+
+    @property
+    def sync_due(self) -> bool:
+        return "Y" in self.flags
 
     @property
     def epoch_missing(self) -> bool:
@@ -195,11 +206,24 @@ class Broker:
             cmds.append(["SADD", self.keys.queues, *sorted(queues)])
         return cmds
 
-    async def push(self, rows: list[dict[str, Any]], *, kick: tuple[int, int] | None = None) -> bool:
+    async def push(
+        self,
+        rows: list[dict[str, Any]],
+        *,
+        kick: tuple[int, int] | None = None,
+        schedules: dict[str, int] | None = None,
+        unschedule: Iterable[str] = (),
+    ) -> bool:
         """Index rows. With `kick` = (now_ms, interval_ms), also take the kick turn in the same
         request; returns whether this push won it (at most one kick per interval, across all
-        processes, whatever the number of enqueues)."""
+        processes, whatever the number of enqueues). `schedules` (id -> next tick ms) and
+        `unschedule` (ids) update the schedules' due index in the same request."""
         cmds = self._push_commands(rows)
+        if schedules:
+            cmds.append(["ZADD", self.keys.schedules, *[x for sid, ms in schedules.items() for x in (ms, sid)]])
+        gone = sorted(unschedule)
+        if gone:
+            cmds.append(["ZREM", self.keys.schedules, *gone])
         if kick is not None:
             # EVAL, not EVALSHA: a NOSCRIPT inside a pipeline would fail the push itself.
             now_ms, interval_ms = kick
@@ -219,15 +243,21 @@ class Broker:
         lease_deadline_ms: int,
         token: str,
         reconcile_interval_ms: int,
+        *,
+        code_schedules: str = "",
+        kick_horizon_ms: int = 0,
     ) -> Claimed:
-        keys = [self.keys.queues, self.keys.paused, self.keys.epoch, self.keys.reconcile_due, self.keys.sweep]
+        k = self.keys
+        keys = [k.queues, k.paused, k.epoch, k.reconcile_due, k.sweep, k.schedules, k.schedules_synced, k.kick_at]
         args: list[Any] = [now_ms, limit, lease_deadline_ms, token, reconcile_interval_ms, SWEEP_EVERY_MS]
+        args += [SCHEDULE_LEASE_MS, SCHEDULES_PER_CLAIM, code_schedules, kick_horizon_ms]
         for q, n in queue_limits:
-            keys += [self.keys.delayed(q), self.keys.processing(q), *self.keys.ready_all(q)]
+            keys += [k.delayed(q), k.processing(q), *k.ready_all(q)]
             args += [q, max(0, n)]
         raw = await self.redis.script(CLAIM, keys, args)
-        out = Claimed(flags=raw[0] or "", known_queues=list(raw[1] or []))
-        rest = raw[2:]
+        out = Claimed(flags=raw[0] or "", known_queues=list(raw[1] or []), due_schedules=list(raw[2] or []))
+        out.kick_at_ms = int(raw[3]) if raw[3] not in (None, False, 0) else None
+        rest = raw[4:]
         for i in range(0, len(rest), 3):
             queue, taken, recovered = rest[i], rest[i + 1] or [], rest[i + 2] or []
             for m in taken:
@@ -319,6 +349,21 @@ class Broker:
                 deleted += int(await self.redis.command("DEL", *keys) or 0)
             if str(cursor) == "0":
                 return deleted
+
+    # --- schedules ----------------------------------------------------------------------------
+
+    async def mark_schedules_synced(self, code_hash: str) -> None:
+        await self.redis.command("SET", self.keys.schedules_synced, code_hash)
+
+    async def reindex_schedules(self, due: dict[str, int], *, rebuilt: bool) -> None:
+        """The schedules' due index from Postgres: replaced after a flush (`rebuilt`), else only
+        added where missing (a score a claim has just leased must not be moved back)."""
+        cmds: list[list[Any]] = [["DEL", self.keys.schedules]] if rebuilt else []
+        if due:
+            flat = [x for sid, ms in sorted(due.items()) for x in (ms, sid)]
+            cmds.append(["ZADD", self.keys.schedules, *([] if rebuilt else ["NX"]), *flat])
+        if cmds:
+            await self.redis.pipeline(cmds)
 
     # --- reconcile ----------------------------------------------------------------------------
 

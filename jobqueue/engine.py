@@ -18,6 +18,7 @@ from .errors import ConfigurationError, InvalidJob, InvalidState, JobNotFound, R
 from .keys import Keys
 from .models import STATUSES, JobRequest, JobView
 from .registry import Registry
+from .schedules import Schedules
 from .settings import Settings
 from .store import Row, Store
 from .transports import RedisPyTransport, RedisTransport, UpstashTransport
@@ -53,6 +54,7 @@ class JobQueue:
         # push failed here (the drain owns it; see drain/state.py).
         self.dispatch = DrainState(registry.queues)
         self.enqueuer = Enqueuer(store, self.broker, registry, self.settings, self.clock, self.dispatch)
+        self.schedules = Schedules(store, self.broker, registry, self.settings, self.clock, self.dispatch)
         # Awaited after every drain with (engine, report): housekeeping, alerts. See drain/loop.py.
         self.drain_hooks: list[Callable[[JobQueue, DrainReport], Awaitable[None]]] = []
 
@@ -156,6 +158,7 @@ class JobQueue:
         search: str | None = None,
         limit: int = 50,
         cursor: int | None = None,
+        schedule_id: str | None = None,
     ) -> tuple[list[Row], int | None]:
         """Newest first, keyset-paged on id. `cursor` is the last id of the previous page.
         `search` matches an id, an idempotency key or a type exactly, or text in the payload."""
@@ -172,6 +175,7 @@ class JobQueue:
             search_id(search) if search else None,
             like_pattern(search) if search else None,
             limit + 1,
+            schedule_id,
         ]
         if status is None:
             rows = await self.store.fetch("list_jobs", *args)

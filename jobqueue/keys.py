@@ -52,6 +52,22 @@ class Keys:
         return f"{self.prefix}:sweep"
 
     @property
+    def schedules(self) -> str:
+        """ZSET: schedule id -> its next tick in ms (Postgres' next_run_at; a claim that takes a
+        due one moves it a short lease ahead so parallel drains do not all look it up)."""
+        return f"{self.prefix}:schedules"
+
+    @property
+    def schedules_synced(self) -> str:
+        """The hash of the schedules declared in code that were last synced to Postgres."""
+        return f"{self.prefix}:schedules:synced"
+
+    @property
+    def kick_at(self) -> str:
+        """The due time (ms) a delayed kick was last published for (one publish per due time)."""
+        return f"{self.prefix}:kick:at"
+
+    @property
     def reconcile_lock(self) -> str:
         return f"{self.prefix}:reconcile:lock"
 

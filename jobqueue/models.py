@@ -79,6 +79,8 @@ class JobView(BaseModel):
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    schedule_id: str | None = Field(default=None, description="the schedule that made it")
+    scheduled_for: datetime | None = Field(default=None, description="the schedule's tick it stands for")
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> JobView:

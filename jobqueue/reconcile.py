@@ -26,6 +26,8 @@ import secrets
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
+from .clock import to_ms
+
 if TYPE_CHECKING:
     from .broker import Broker
     from .clock import Clock
@@ -76,8 +78,15 @@ async def _full(store: Store, broker: Broker, state: DrainState) -> int:
         state.queues |= {r["queue"] for r in rows}
         restored += len(rows)
     paused = [q["name"] for q in await store.fetch("queues") if q["paused"]]
+    await _reindex_schedules(store, broker, rebuilt=True)
     await broker.restore(state.queues, paused, rebuilt=True)
     return restored
+
+
+async def _reindex_schedules(store: Store, broker: Broker, *, rebuilt: bool) -> None:
+    """The schedules' due index (schedules that are not paused, by next tick) from Postgres."""
+    rows = await store.fetch("schedules_due_index")
+    await broker.reindex_schedules({r["id"]: to_ms(r["next_run_at"]) for r in rows}, rebuilt=rebuilt)
 
 
 async def _periodic(store: Store, broker: Broker, state: DrainState, clock: Clock, fresh_s: float) -> int:
@@ -90,6 +99,7 @@ async def _periodic(store: Store, broker: Broker, state: DrainState, clock: Cloc
     # A queue with no unfinished job, no pause flag and no settings leaves the queue set (so a
     # misspelt name does not cost every claim forever); Redis re-checks that its lists are empty
     # in the same step, so an enqueue racing this read keeps its queue.
+    await _reindex_schedules(store, broker, rebuilt=False)
     keep = active | set(paused) | state.fixed
     state.queues -= await broker.prune_queues((await broker.known_queues() | state.queues) - keep)
     state.queues |= active

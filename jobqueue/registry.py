@@ -7,6 +7,7 @@ builds its own.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import inspect
@@ -21,6 +22,10 @@ from .models import MAX_TIMEOUT_MS, QUEUE_NAME, Backoff
 
 if TYPE_CHECKING:
     from .models import JobRequest
+    from .schedule_spec import ScheduleDecl
+
+# Set on a handler by @blueprint.job, so @blueprint.schedule above it knows the type's name.
+JOB_NAME_ATTR = "__jobqueue_type__"
 
 
 @dataclass
@@ -75,6 +80,52 @@ class Blueprint:
 
     def __init__(self) -> None:
         self.types: list[JobType] = []
+        self.schedules: list[ScheduleDecl] = []
+
+    def schedule(self, schedule_id: str, *, type: str | None = None, **spec: Any) -> Callable[[Handler], Handler]:
+        """Declare a recurring job, synced to Postgres at deploy (`jobqueue migrate` or
+        `jobqueue schedules sync`) and lazily by the drains. Either on a job's handler, above its
+        `@blueprint.job` (the schedule enqueues that type):
+
+            @blueprint.schedule("nightly-report", cron="0 3 * * *", tz="Europe/Berlin")
+            @blueprint.job("report.build")
+            async def build(payload, ctx): ...
+
+        or as a call naming the type: `blueprint.schedule("sweep", type="echo", every_ms=60_000)`.
+        The options are those of PUT /api/schedules/{id}; they are checked here."""
+        from .schedule_spec import ScheduleDecl, ScheduleRequest, check_schedule_id
+
+        def declare(type_name: str) -> None:
+            try:
+                check_schedule_id(schedule_id)
+                req = ScheduleRequest.model_validate({"type": type_name, **spec})
+                req.timing()
+            except ValueError as e:  # pydantic's ValidationError and InvalidTiming
+                raise InvalidDefinition(f"schedule {schedule_id!r}: {e}") from None
+            if any(d.id == schedule_id for d in self.schedules):
+                raise InvalidDefinition(f"schedule {schedule_id!r} is declared twice")
+            self.schedules.append(ScheduleDecl(schedule_id, req))
+
+        if type is not None:
+            declare(type)
+
+        def on_handler(fn: Handler) -> Handler:
+            if type is None:
+                name = getattr(fn, JOB_NAME_ATTR, None) or self._pending_name(fn)
+                declare(name)
+            return fn
+
+        return on_handler
+
+    def _pending_name(self, fn: Handler) -> str:
+        for t in self.types:
+            if t.handler is fn:
+                return t.name
+        # `@schedule` above `@job` sees the handler before it is registered: wait for it.
+        raise InvalidDefinition(
+            f"@schedule on {getattr(fn, '__qualname__', fn)!r}: put it on a function decorated with "
+            "@blueprint.job, or pass type="
+        )
 
     def job(
         self,
@@ -99,6 +150,8 @@ class Blueprint:
             if any(t.name == name for t in self.types):
                 raise DuplicateJobType(f"job type {name!r} is defined twice")
             self.types.append(JobType(name, fn, model, queue, max_attempts, policy, timeout_ms))
+            with contextlib.suppress(AttributeError, TypeError):  # some callables take no attributes
+                setattr(fn, JOB_NAME_ATTR, name)
             return fn
 
         return register
@@ -144,12 +197,31 @@ def _check_definition(
 class Registry:
     def __init__(self, blueprints: Iterable[Blueprint] = ()) -> None:
         self._types: dict[str, JobType] = {}
+        self._schedules: dict[str, ScheduleDecl] = {}
         for bp in blueprints:
             self.add_blueprint(bp)
 
     def add_blueprint(self, bp: Blueprint) -> None:
         for t in bp.types:
             self.add(t)
+        for d in bp.schedules:
+            if d.id in self._schedules:
+                raise InvalidDefinition(f"schedule {d.id!r} is declared twice")
+            self._schedules[d.id] = d
+
+    @property
+    def schedules(self) -> list[ScheduleDecl]:
+        """The schedules declared in code, by id."""
+        return [self._schedules[k] for k in sorted(self._schedules)]
+
+    def schedules_hash(self) -> str:
+        """A digest of the code's schedules: the drains sync them when it changes."""
+        import hashlib
+
+        if not self._schedules:
+            return ""
+        doc = "|".join(f"{d.id}={d.spec.model_dump_json()}" for d in self.schedules)
+        return hashlib.sha256(doc.encode()).hexdigest()[:16]
 
     def add(self, t: JobType) -> None:
         if t.name in self._types:

@@ -62,6 +62,10 @@ class Settings(BaseSettings):
     pg_statement_cache: bool | None = Field(default=None, validation_alias="JOBQUEUE_PG_STATEMENT_CACHE")
     pg_pool_max: int = Field(default=10, ge=1, validation_alias="JOBQUEUE_PG_POOL_MAX")
     kick_interval_ms: int = Field(default=1000, ge=0, validation_alias="JOBQUEUE_KICK_INTERVAL_MS")
+    # How often the regular scheduler (Vercel Cron, a QStash schedule, EventBridge) calls
+    # /api/workers. With QStash, a drain publishes one delayed kick for the earliest due time (a
+    # schedule's tick, a delayed job, a retry) when it falls before the next regular tick would.
+    tick_interval_s: int = Field(default=60, ge=1, validation_alias="JOBQUEUE_TICK_INTERVAL_S")
 
     retain_completed_days: float = Field(default=7, ge=0, validation_alias="JOBQUEUE_RETAIN_COMPLETED_DAYS")
     retain_failed_days: float = Field(default=90, ge=0, validation_alias="JOBQUEUE_RETAIN_FAILED_DAYS")

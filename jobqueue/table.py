@@ -40,3 +40,5 @@ class Job(SQLModel, table=True):
     started_at: datetime | None = SQLField(default=None, sa_column=Column(TIMESTAMP(timezone=True)))
     finished_at: datetime | None = SQLField(default=None, sa_column=Column(TIMESTAMP(timezone=True)))
     dispatched: bool = SQLField(default=True, sa_column=Column(Boolean, nullable=False))
+    schedule_id: str | None = SQLField(default=None, sa_column=Column(Text, nullable=True))
+    scheduled_for: datetime | None = SQLField(default=None, sa_column=Column(TIMESTAMP(timezone=True)))

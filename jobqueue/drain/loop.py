@@ -74,6 +74,11 @@ class Drain:
         s = jq.settings
         self.store, self.broker, self.keys, self.clock = jq.store, jq.broker, jq.keys, jq.clock
         self.state = jq.dispatch
+        self.schedules = jq.schedules
+        self.code_schedules = jq.registry.schedules_hash()
+        self.kicker = jq.kicker
+        # Delayed kicks need a kicker that can wait (QStash's); a local one wakes its tick anyway.
+        self.kick_horizon_ms = s.tick_interval_s * 1000 if getattr(jq.kicker, "delays", False) else 0
         self.settings = s
         self.budget_s = budget_s
         self.stop = stop
@@ -250,7 +255,16 @@ class Drain:
         token = secrets.token_hex(6)
         now_ms = self.clock.ms()
         provisional = self.leases.provisional_ms(now_ms)
-        claimed = await self.broker.claim(limits, want, now_ms, provisional, token, s.reconcile_interval_s * 1000)
+        claimed = await self.broker.claim(
+            limits,
+            want,
+            now_ms,
+            provisional,
+            token,
+            s.reconcile_interval_s * 1000,
+            code_schedules=self.code_schedules,
+            kick_horizon_ms=self.kick_horizon_ms,
+        )
         self._rediscovered = False
         known_before = set(self.state.queues)
         if claimed.epoch_missing or claimed.reconcile_due:
@@ -264,6 +278,15 @@ class Drain:
             swept = await sweep(self.store, self.broker, self.state)
             self.report.reconciled += swept
             self._rediscovered = self._rediscovered or bool(swept)
+        if claimed.sync_due:
+            await self.schedules.sync()
+            await self.broker.mark_schedules_synced(self.code_schedules)
+        if claimed.due_schedules:
+            fired = await self.schedules.fire(claimed.due_schedules)
+            self.report.fired += fired
+            self._rediscovered = self._rediscovered or bool(fired)
+        if claimed.kick_at_ms is not None and self.kicker is not None:
+            await self._kick_at(claimed.kick_at_ms)
         if not (claimed.epoch_missing or claimed.reconcile_due):
             # The queue set as Redis had it; after a reconcile, the state is newer than that.
             self.state.known(claimed.known_queues)
@@ -360,6 +383,14 @@ class Drain:
         finally:
             self._finished_at = asyncio.get_running_loop().time()
             self._free_slot(queue)
+
+    async def _kick_at(self, at_ms: int) -> None:
+        """One delayed kick for the earliest due time (the claim script took its turn)."""
+        assert self.kicker is not None
+        try:
+            await self.kicker(at_ms)  # type: ignore[call-arg]
+        except Exception as e:  # a kick is an optimisation: the regular tick still comes
+            log.warning("delayed kick failed: %s", e)
 
     def _free_slot(self, queue: str) -> None:
         self.running[queue] -= 1

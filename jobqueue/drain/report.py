@@ -23,6 +23,7 @@ class DrainReport:
     claims: int = 0  # claim requests that took something
     dropped: int = 0  # popped ids Postgres did not grant (gone, finished, cancelled, duplicates)
     reconciled: int = 0
+    fired: int = 0  # jobs made by schedules' ticks
     heartbeats: int = 0
     # Sizes of the groups the recorder wrote (one statement and one acknowledgement each).
     groups: Sample = field(default_factory=lambda: Sample())
@@ -45,7 +46,7 @@ class DrainReport:
     @property
     def idle(self) -> bool:
         """Nothing was claimed, recovered or rebuilt: a quiet tick."""
-        return not (self.claimed or self.recovered or self.reconciled or self.dead or self.dropped)
+        return not (self.claimed or self.recovered or self.reconciled or self.dead or self.dropped or self.fired)
 
 
 @dataclass

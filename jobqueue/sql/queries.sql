@@ -54,22 +54,25 @@ SELECT * FROM jobs WHERE id = $1;
 
 -- name: list_jobs
 -- A page of jobs, newest first, keyset-paged on id: optional $1 queue, $2 type, $3 cursor (ids
--- below it) and $4 search term, which matches an idempotency key or a type exactly, the id $5
+-- below it), $4 search term, which matches an idempotency key or a type exactly, the id $5
 -- (the term when it is a number), or payload text through $6 (an ILIKE pattern with the term's
--- wildcards escaped); $7 limit. The status filter has its own query (its index leads with status).
+-- wildcards escaped); $7 limit; $8 schedule id. The status filter has its own query (its index
+-- leads with status).
 SELECT * FROM jobs
 WHERE ($1::text IS NULL OR queue = $1) AND ($2::text IS NULL OR type = $2) AND ($3::bigint IS NULL OR id < $3)
   AND ($4::text IS NULL OR id = $5::bigint OR idempotency_key = $4 OR type = $4
        OR payload::text ILIKE $6::text ESCAPE '\')
+  AND ($8::text IS NULL OR schedule_id = $8)
 ORDER BY id DESC LIMIT $7;
 
 -- name: list_jobs_by_status
--- As list_jobs, for one status ($8), through the index on (status, id).
+-- As list_jobs, for one status ($9), through the index on (status, id).
 SELECT * FROM jobs
-WHERE status = $8::text
+WHERE status = $9::text
   AND ($1::text IS NULL OR queue = $1) AND ($2::text IS NULL OR type = $2) AND ($3::bigint IS NULL OR id < $3)
   AND ($4::text IS NULL OR id = $5::bigint OR idempotency_key = $4 OR type = $4
        OR payload::text ILIKE $6::text ESCAPE '\')
+  AND ($8::text IS NULL OR schedule_id = $8)
 ORDER BY id DESC LIMIT $7;
 
 -- name: claim
@@ -365,3 +368,134 @@ CREATE DATABASE {name} TEMPLATE {template};
 -- name: drop_database
 -- Remove a test harness's database, whoever is still connected.
 DROP DATABASE IF EXISTS {name} WITH (FORCE);
+
+-- name: schedule_put
+-- Create or replace a schedule from the API ($1 JSON document of the definition). The watermark
+-- ($2, the first tick after now) is taken only when the schedule is new or its timing (cron, tz,
+-- every_ms) changed; otherwise the next tick stays what it was. A schedule made or changed here
+-- is the API's (code_hash NULL) until the code that declares it changes. Returns it, and whether
+-- it was created.
+INSERT INTO schedules AS s (id, type, payload, queue, priority, max_attempts, backoff, timeout_ms, cron, tz,
+                            every_ms, misfire, misfire_grace_ms, catch_up_limit, overlap, paused, next_run_at,
+                            code_hash, created_at, updated_at)
+SELECT x.id, x.type, x.payload, x.queue, x.priority, x.max_attempts, x.backoff, x.timeout_ms, x.cron, x.tz,
+       x.every_ms, x.misfire, x.misfire_grace_ms, x.catch_up_limit, x.overlap, x.paused, $2, NULL, $3, $3
+FROM jsonb_to_record($1::text::jsonb) AS x(id text, type text, payload jsonb, queue text, priority smallint,
+     max_attempts int, backoff jsonb, timeout_ms int, cron text, tz text, every_ms bigint, misfire text,
+     misfire_grace_ms bigint, catch_up_limit int, overlap text, paused boolean)
+ON CONFLICT (id) DO UPDATE SET
+    type = EXCLUDED.type, payload = EXCLUDED.payload, queue = EXCLUDED.queue, priority = EXCLUDED.priority,
+    max_attempts = EXCLUDED.max_attempts, backoff = EXCLUDED.backoff, timeout_ms = EXCLUDED.timeout_ms,
+    cron = EXCLUDED.cron, tz = EXCLUDED.tz, every_ms = EXCLUDED.every_ms, misfire = EXCLUDED.misfire,
+    misfire_grace_ms = EXCLUDED.misfire_grace_ms, catch_up_limit = EXCLUDED.catch_up_limit,
+    overlap = EXCLUDED.overlap, paused = EXCLUDED.paused, code_hash = NULL, updated_at = EXCLUDED.updated_at,
+    next_run_at = CASE WHEN (s.cron, s.tz, s.every_ms) IS DISTINCT FROM (EXCLUDED.cron, EXCLUDED.tz, EXCLUDED.every_ms)
+                       THEN EXCLUDED.next_run_at ELSE s.next_run_at END
+RETURNING s.*, (xmax = 0) AS created;
+
+-- name: schedules_sync
+-- Sync the schedules declared in code ($1 JSON array, each with its `code_hash` and `first`, the
+-- first tick after now). Idempotent and safe from any number of cold starts at once: a row whose
+-- code_hash is unchanged is not touched; the watermark moves only when the timing changed; the
+-- paused flag is the operator's (kept). Never fires a job. Returns the rows written.
+INSERT INTO schedules AS s (id, type, payload, queue, priority, max_attempts, backoff, timeout_ms, cron, tz,
+                            every_ms, misfire, misfire_grace_ms, catch_up_limit, overlap, paused, next_run_at,
+                            code_hash, created_at, updated_at)
+SELECT x.id, x.type, x.payload, x.queue, x.priority, x.max_attempts, x.backoff, x.timeout_ms, x.cron, x.tz,
+       x.every_ms, x.misfire, x.misfire_grace_ms, x.catch_up_limit, x.overlap, x.paused,
+       'epoch'::timestamptz + x.first_us * interval '1 microsecond', x.code_hash, $2, $2
+FROM jsonb_to_recordset($1::text::jsonb) AS x(id text, type text, payload jsonb, queue text, priority smallint,
+     max_attempts int, backoff jsonb, timeout_ms int, cron text, tz text, every_ms bigint, misfire text,
+     misfire_grace_ms bigint, catch_up_limit int, overlap text, paused boolean, first_us bigint, code_hash text)
+ON CONFLICT (id) DO UPDATE SET
+    type = EXCLUDED.type, payload = EXCLUDED.payload, queue = EXCLUDED.queue, priority = EXCLUDED.priority,
+    max_attempts = EXCLUDED.max_attempts, backoff = EXCLUDED.backoff, timeout_ms = EXCLUDED.timeout_ms,
+    cron = EXCLUDED.cron, tz = EXCLUDED.tz, every_ms = EXCLUDED.every_ms, misfire = EXCLUDED.misfire,
+    misfire_grace_ms = EXCLUDED.misfire_grace_ms, catch_up_limit = EXCLUDED.catch_up_limit,
+    overlap = EXCLUDED.overlap, code_hash = EXCLUDED.code_hash, updated_at = EXCLUDED.updated_at,
+    next_run_at = CASE WHEN (s.cron, s.tz, s.every_ms) IS DISTINCT FROM (EXCLUDED.cron, EXCLUDED.tz, EXCLUDED.every_ms)
+                       THEN EXCLUDED.next_run_at ELSE s.next_run_at END
+WHERE s.code_hash IS DISTINCT FROM EXCLUDED.code_hash
+RETURNING s.id, s.next_run_at, s.paused;
+
+-- name: schedules_by_ids
+-- The schedules a claim found due ($1 ids).
+SELECT * FROM schedules WHERE id = ANY($1::text[]);
+
+-- name: fire_schedules
+-- Fire due ticks, exactly once whatever runs: for each schedule ($1 ids), move the watermark
+-- from what the caller read ($2, the compare-and-set) to $3 (and last_run_at to $4 when a tick
+-- fires); only where that succeeded, insert the jobs for its ticks ($5 JSON array: schedule_id,
+-- tick_us, queue, type, payload, priority, max_attempts, backoff, timeout_ms, n), skipping a
+-- schedule with `overlap = skip` that has an unfinished job; (schedule_id, scheduled_for) is
+-- unique among jobs, the second line of defence. $6 now. Returns the jobs made ('job') and the
+-- schedules moved ('moved', with their next tick).
+WITH adv AS (
+    SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[], $4::timestamptz[])
+        AS a(id, expected, new_next, last_tick)
+),
+moved AS (
+    UPDATE schedules s SET next_run_at = a.new_next, last_run_at = COALESCE(a.last_tick, s.last_run_at),
+                           updated_at = $6
+    FROM adv a
+    WHERE s.id = a.id AND s.next_run_at = a.expected AND NOT s.paused
+    RETURNING s.id, s.overlap, s.next_run_at
+),
+ins AS (
+    INSERT INTO jobs (queue, type, payload, status, priority, max_attempts, backoff, timeout_ms, run_at,
+                      created_at, schedule_id, scheduled_for)
+    SELECT x.queue, x.type, x.payload, 'pending', x.priority, x.max_attempts, x.backoff, x.timeout_ms, $6, $6,
+           x.schedule_id, 'epoch'::timestamptz + x.tick_us * interval '1 microsecond'
+    FROM jsonb_to_recordset($5::text::jsonb) AS x(n int, schedule_id text, tick_us bigint, queue text, type text,
+         payload jsonb, priority smallint, max_attempts int, backoff jsonb, timeout_ms int)
+    JOIN moved m ON m.id = x.schedule_id
+    WHERE m.overlap = 'allow'
+       OR NOT EXISTS (SELECT 1 FROM jobs j WHERE j.schedule_id = m.id AND j.status IN ('pending', 'scheduled', 'processing'))
+    ORDER BY x.n
+    ON CONFLICT (schedule_id, scheduled_for) WHERE schedule_id IS NOT NULL DO NOTHING
+    RETURNING id, queue, priority, status, created_at, run_at, schedule_id, scheduled_for
+)
+SELECT 'job' AS kind, id, queue, priority, status, created_at, run_at, schedule_id, scheduled_for,
+       NULL::timestamptz AS next_run_at
+FROM ins
+UNION ALL
+SELECT 'moved', NULL, NULL, NULL, NULL, NULL, NULL, id, NULL, next_run_at FROM moved;
+
+-- name: schedule_get
+-- One schedule with its last job (by id: the latest a tick or a trigger made).
+SELECT s.*, l.id AS last_job_id, l.status AS last_job_status
+FROM schedules s
+LEFT JOIN LATERAL (SELECT j.id, j.status FROM jobs j WHERE j.schedule_id = s.id ORDER BY j.id DESC LIMIT 1) l ON true
+WHERE s.id = $1;
+
+-- name: schedules_list
+-- Every schedule, by id, with its last job.
+SELECT s.*, l.id AS last_job_id, l.status AS last_job_status
+FROM schedules s
+LEFT JOIN LATERAL (SELECT j.id, j.status FROM jobs j WHERE j.schedule_id = s.id ORDER BY j.id DESC LIMIT 1) l ON true
+ORDER BY s.id;
+
+-- name: schedule_delete
+-- Delete a schedule (its jobs stay); returns it when it existed.
+DELETE FROM schedules WHERE id = $1 RETURNING id;
+
+-- name: schedule_set_paused
+-- Pause or resume a schedule ($2); a resumed one continues from its next tick (the policy decides
+-- what becomes of the ticks missed meanwhile). Returns it.
+UPDATE schedules SET paused = $2, updated_at = $3 WHERE id = $1 RETURNING id, paused, next_run_at;
+
+-- name: schedule_trigger
+-- Enqueue one job of a schedule now ($1 JSON document as in fire_schedules, for one job), outside
+-- its ticks: the watermark does not move, and the job stands for no tick (scheduled_for NULL, so
+-- it never takes a tick's place in the unique index). Returns the job.
+INSERT INTO jobs (queue, type, payload, status, priority, max_attempts, backoff, timeout_ms, run_at, created_at,
+                  schedule_id)
+SELECT x.queue, x.type, x.payload, 'pending', x.priority, x.max_attempts, x.backoff, x.timeout_ms, $2, $2,
+       x.schedule_id
+FROM jsonb_to_record($1::text::jsonb) AS x(schedule_id text, queue text, type text, payload jsonb,
+     priority smallint, max_attempts int, backoff jsonb, timeout_ms int)
+RETURNING *;
+
+-- name: schedules_due_index
+-- What the schedules' due index in Redis holds: every schedule that is not paused, by next tick.
+SELECT id, next_run_at FROM schedules WHERE NOT paused;

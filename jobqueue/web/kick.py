@@ -30,21 +30,31 @@ PUBLISH_TIMEOUT_S = 3.0
 
 
 class QStashKicker:
-    """Publishes one message to QStash targeting `{JOBQUEUE_PUBLIC_URL}/api/workers`."""
+    """Publishes one message to QStash targeting `{JOBQUEUE_PUBLIC_URL}/api/workers`, at once or,
+    with `at_ms`, delivered not before that time (`Upstash-Not-Before`): the delayed kick a drain
+    publishes for the next schedule tick, delayed job or retry due before the next regular tick."""
+
+    delays = True  # the drain may ask for a delayed kick (drain/loop.py)
 
     def __init__(self, token: str, target_url: str, base_url: str | None = None) -> None:
         self._token = token
         self.target_url = target_url
         self.publish_url = f"{(base_url or QSTASH_DEFAULT_URL).rstrip('/')}/v2/publish/{target_url}"
 
-    async def __call__(self) -> None:
+    async def __call__(self, at_ms: int | None = None) -> None:
         import httpx  # only an enqueue that wins the debounce pays for the import
 
+        # No retries: a lost kick is made up by the next one or the regular tick, and a retried
+        # one would only add a drain.
+        headers = {"Authorization": f"Bearer {self._token}", "Upstash-Retries": "0"}
+        if at_ms is not None:
+            headers["Upstash-Not-Before"] = str(-(-at_ms // 1000))  # unix seconds, rounded up
         try:
-            # A client per kick: kicks are debounced (at most one per JOBQUEUE_KICK_INTERVAL_MS), and
-            # a fresh client is never bound to an event loop that Mangum or a test has closed.
+            # A client per kick: kicks are debounced (at most one per JOBQUEUE_KICK_INTERVAL_MS, and
+            # one per due time), and a fresh client is never bound to an event loop that Mangum or a
+            # test has closed.
             async with httpx.AsyncClient(timeout=PUBLISH_TIMEOUT_S) as client:
-                resp = await client.post(self.publish_url, headers={"Authorization": f"Bearer {self._token}"})
+                resp = await client.post(self.publish_url, headers=headers)
         except httpx.HTTPError as e:
             log.warning("kick: QStash publish failed: %s", type(e).__name__)
             return

@@ -34,6 +34,8 @@ def expected_job(job_id: int, clock: FakeClock, **changes: Any) -> dict[str, Any
         "created_at": iso(clock.now()),
         "started_at": None,
         "finished_at": None,
+        "schedule_id": None,
+        "scheduled_for": None,
     }
     job.update(changes)
     return job
