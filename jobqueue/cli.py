@@ -175,6 +175,18 @@ def build_parser() -> argparse.ArgumentParser:
         sp = _command(sub, name, does)
         sp.add_argument("queue", help="the queue's name")
 
+    sch = _command(sub, "schedules", "recurring jobs: list, sync the code's, pause, resume, trigger, delete")
+    ssub = sch.add_subparsers(dest="schedules_cmd", required=True, metavar="ACTION")
+    _command(ssub, "list", "every schedule with its next and last run")
+    _command(ssub, "sync", "write the schedules declared in code (JOBQUEUE_REGISTRY) to Postgres; fires nothing")
+    for action, does in (
+        ("pause", "stop firing a schedule"),
+        ("resume", "fire a paused schedule again (its misfire policy decides about missed ticks)"),
+        ("trigger", "enqueue one job of a schedule now; prints the job"),
+        ("delete", "delete a schedule (its jobs stay)"),
+    ):
+        _command(ssub, action, does).add_argument("schedule_id", metavar="ID", help="the schedule's id")
+
     rc = _command(sub, "reconcile", "re-index unfinished jobs from Postgres into Redis")
     rc.add_argument("--full", action="store_true", help="re-push everything (as after a flush)")
 
@@ -233,6 +245,10 @@ async def _run(args: argparse.Namespace) -> int:
         for v in applied:
             print(f"applied {v:04d}_{names[v]}")
         print(f"schema applied: at migration {max(names):04d}" + ("" if applied else " (nothing to do)"))
+        # The deploy step also syncs the schedules the code declares (they never fire here).
+        synced = await _with_engine(lambda jq: jq.schedules.sync())
+        if synced:
+            print(f"schedules synced: {synced} changed")
     elif cmd == "enqueue":
         try:
             payload = json.loads(args.payload)
@@ -277,9 +293,28 @@ async def _run(args: argparse.Namespace) -> int:
     elif cmd in ("pause", "resume"):
         await _with_engine(lambda jq: jq.set_paused(args.queue, cmd == "pause"))
         _print({"queue": args.queue, "paused": cmd == "pause"})
+    elif cmd == "schedules":
+        _print(await _with_engine(lambda jq: _schedules(jq, args)))
     elif cmd == "reconcile":
         _print(await _with_engine(lambda jq: jq.reconcile(full=args.full)))
     return 0
+
+
+async def _schedules(jq: Any, args: argparse.Namespace) -> Any:
+    from .engine import view
+
+    action = args.schedules_cmd
+    if action == "list":
+        return [s.model_dump(mode="json") for s in await jq.schedules.all()]
+    if action == "sync":
+        changed = await jq.schedules.sync()
+        return {"declared": len(jq.registry.schedules), "changed": changed}
+    if action == "trigger":
+        return view(await jq.schedules.trigger(args.schedule_id))
+    if action == "delete":
+        await jq.schedules.delete(args.schedule_id)
+        return {"deleted": args.schedule_id}
+    return (await jq.schedules.set_paused(args.schedule_id, action == "pause")).model_dump(mode="json")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
         QueueInfo,
         QueueMetrics,
         QueueState,
+        Schedule,
     )
 
 __all__ = [
@@ -56,11 +57,14 @@ __all__ = [
     "QueueInfo",
     "QueueMetrics",
     "QueueState",
+    "Schedule",
     "WaitTimeout",
     "enqueue",
 ]
 
-_MODELS = frozenset({"Health", "Job", "JobPage", "Metrics", "Progress", "QueueInfo", "QueueMetrics", "QueueState"})
+_MODELS = frozenset(
+    {"Health", "Job", "JobPage", "Metrics", "Progress", "QueueInfo", "QueueMetrics", "QueueState", "Schedule"}
+)
 
 
 def __getattr__(name: str) -> Any:

@@ -20,7 +20,7 @@ from . import _time
 if TYPE_CHECKING:
     import httpx
 
-    from .models import Health, Job, JobPage, Metrics, QueueInfo, QueueState
+    from .models import Health, Job, JobPage, Metrics, QueueInfo, QueueState, Schedule
 
 T = TypeVar("T")
 
@@ -224,6 +224,22 @@ def _health(resp: httpx.Response) -> Health:
     return Health.model_validate_json(resp.content)
 
 
+def _schedule(resp: httpx.Response) -> Schedule:
+    from .models import Schedule
+
+    return Schedule.model_validate_json(resp.content)
+
+
+def _schedules(resp: httpx.Response) -> list[Schedule]:
+    from .models import ScheduleList
+
+    return ScheduleList.model_validate_json(resp.content).schedules
+
+
+def _nothing(resp: httpx.Response) -> None:
+    return None
+
+
 def _text(resp: httpx.Response) -> str:
     return resp.text
 
@@ -390,6 +406,43 @@ def pause_queue(name: str) -> Call[QueueState]:
 def resume_queue(name: str) -> Call[QueueState]:
     """Drain a paused queue again."""
     return Call("POST", f"/api/queues/{quote(name, safe='')}/resume", _queue_state)
+
+
+def list_schedules() -> Call[list[Schedule]]:
+    """Every schedule, by id, with its next and last run and its last job."""
+    return Call("GET", "/api/schedules", _schedules)
+
+
+def get_schedule(schedule_id: str) -> Call[Schedule]:
+    return Call("GET", f"/api/schedules/{quote(schedule_id, safe='')}", _schedule)
+
+
+def put_schedule(
+    schedule_id: str, type: str, payload: Mapping[str, Any] | None = None, **options: Any
+) -> Call[Schedule]:
+    """Create or replace a schedule: `cron` (+ `tz`) or `every_ms`, and optionally `queue`,
+    `priority`, `max_attempts`, `backoff`, `timeout_ms`, `misfire`, `misfire_grace_ms`,
+    `catch_up_limit`, `overlap`, `paused` (the fields of PUT /api/schedules/{id})."""
+    body = {"type": type, "payload": dict(payload or {}), **{k: v for k, v in options.items() if v is not None}}
+    return Call("PUT", f"/api/schedules/{quote(schedule_id, safe='')}", _schedule, body=body)
+
+
+def delete_schedule(schedule_id: str) -> Call[None]:
+    """Delete a schedule; the jobs it made stay."""
+    return Call("DELETE", f"/api/schedules/{quote(schedule_id, safe='')}", _nothing)
+
+
+def pause_schedule(schedule_id: str) -> Call[Schedule]:
+    return Call("POST", f"/api/schedules/{quote(schedule_id, safe='')}/pause", _schedule)
+
+
+def resume_schedule(schedule_id: str) -> Call[Schedule]:
+    return Call("POST", f"/api/schedules/{quote(schedule_id, safe='')}/resume", _schedule)
+
+
+def trigger_schedule(schedule_id: str) -> Call[Job]:
+    """Enqueue one job of the schedule now; its next tick is unchanged."""
+    return Call("POST", f"/api/schedules/{quote(schedule_id, safe='')}/trigger", _job)
 
 
 def metrics() -> Call[Metrics]:

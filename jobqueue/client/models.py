@@ -95,6 +95,33 @@ class JobPage(Model):
     next_cursor: str | None = None
 
 
+class Schedule(Model):
+    """A recurring job, as `GET /api/schedules/{id}` renders it."""
+
+    id: str
+    type: str
+    payload: dict[str, Any] = {}
+    queue: str | None = None
+    priority: int = 5
+    cron: str | None = None
+    tz: str = "UTC"
+    every_ms: int | None = None
+    misfire: str = "coalesce"
+    misfire_grace_ms: int | None = None
+    catch_up_limit: int = 10
+    overlap: str = "allow"
+    paused: bool = False
+    next_run_at: datetime
+    last_run_at: datetime | None = None
+    last_job_id: int | None = None
+    last_job_status: str | None = None
+    source: str = "api"
+
+
+class ScheduleList(Model):
+    schedules: list[Schedule]
+
+
 class QueueInfo(Model):
     """A queue's counts per status and its paused flag (and, on newer servers, its settings)."""
 

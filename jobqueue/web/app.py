@@ -18,7 +18,7 @@ from starlette.types import Receive, Scope, Send
 
 from jobqueue.settings import Settings
 
-from . import routes_admin, routes_jobs, routes_metrics, routes_workers
+from . import routes_admin, routes_jobs, routes_metrics, routes_schedules, routes_workers
 from .auth import WORKER_BODY_LIMIT
 from .deps import BodyLimit, Resources
 from .http_errors import install_error_handlers
@@ -95,6 +95,7 @@ def create_app(
     app.include_router(routes_admin.queues)
     app.include_router(routes_admin.health)
     app.include_router(routes_metrics.router)
+    app.include_router(routes_schedules.router)
     # The dashboard is built on its first request: its routes (and Jinja2) are a fifth of a cold
     # start, and API calls, the bulk of all invocations, never need them.
     app.router.routes.append(Route("/dashboard{rest:path}", LazyDashboard(app), include_in_schema=False))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from jobqueue.errors import InvalidJob
@@ -118,10 +118,20 @@ async def enqueue_batch(request: Request, jq: JQ, settings: SettingsDep) -> Resp
     return json_response(JobBatch(jobs=[JobView.from_row(row) for row, _ in results]).model_dump_json(), 201)
 
 
+ScheduleFilter = Annotated[
+    str | None, Query(max_length=200, pattern=r"^[A-Za-z0-9_.:-]+$", description="only this schedule's jobs")
+]
+
+
 @router.get("", response_model=JobList, summary="List jobs, newest first")
-async def list_jobs(jq: JQ, page: PageDep, status: StatusFilter = None) -> JobList:
+async def list_jobs(jq: JQ, page: PageDep, status: StatusFilter = None, schedule_id: ScheduleFilter = None) -> JobList:
     rows, last = await jq.list_jobs(
-        status=status, queue=page.queue, type=page.type, limit=page.limit, cursor=page.cursor
+        status=status,
+        queue=page.queue,
+        type=page.type,
+        limit=page.limit,
+        cursor=page.cursor,
+        schedule_id=schedule_id,
     )
     return JobList(jobs=[JobView.from_row(r) for r in rows], next_cursor=encode_cursor(last))
 

@@ -18,3 +18,14 @@ def build() -> Registry:
         raise PermanentError("boom")
 
     return registry
+
+
+def with_schedule() -> Registry:
+    """`build()` plus a schedule declared in code, for `jobqueue schedules` and `migrate`."""
+    from jobqueue.registry import Blueprint
+
+    registry = build()
+    bp = Blueprint()
+    bp.schedule("every-hour", type="echo", cron="0 * * * *", payload={"from": "code"})
+    registry.add_blueprint(bp)
+    return registry

@@ -240,3 +240,18 @@ def test_a_port_already_in_use_is_one_clear_line(database_url: str, redis_server
     assert dev.returncode == 2 and dev.stderr.strip().splitlines() == [
         f"make dev: port {port} on 127.0.0.1 is in use (another server?); set PORT or pass --port"
     ]
+
+
+async def test_schedules_from_the_cli(database_url: str, redis_server: str, prefix: str) -> None:
+    env = _env(database_url, redis_server, prefix, JOBQUEUE_REGISTRY="tests.acceptance.cli_registry:with_schedule")
+    out = _cli(env, "migrate")
+    assert "schedules synced: 1 changed" in out  # the deploy step syncs the code's schedules
+    assert _cli(env, "schedules", "sync") == {"declared": 1, "changed": 0}  # idempotent
+    [listed] = _cli(env, "schedules", "list")
+    assert (listed["id"], listed["source"], listed["paused"]) == ("every-hour", "code", False)
+    assert _cli(env, "schedules", "pause", "every-hour")["paused"] is True
+    job = _cli(env, "schedules", "trigger", "every-hour")
+    assert (job["schedule_id"], job["status"]) == ("every-hour", "pending")
+    assert _cli(env, "schedules", "resume", "every-hour")["paused"] is False
+    assert _cli(env, "schedules", "delete", "every-hour") == {"deleted": "every-hour"}
+    assert "not found" in _cli_error(env, "schedules", "delete", "every-hour")
