@@ -18,7 +18,7 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="smaller runs (a few minutes in all)")
     p.add_argument("--only", nargs="*", help="module names, e.g. bench.drain")
     args = p.parse_args()
-    modules = ["bench.engine", "bench.drain", "bench.webhook", "bench.http", "bench.metrics_large"]
+    modules = ["bench.engine", "bench.drain", "bench.webhook", "bench.schedules", "bench.http", "bench.metrics_large"]
     failed = []
     for module in args.only or modules:
         extra = QUICK.get(module, []) if args.quick else []

@@ -79,6 +79,13 @@ end
 if code_hash ~= "" and redis.call("GET", KEYS[7]) ~= code_hash then
   flags = flags .. "Y"
 end
+-- The earliest schedule tick still to come (read before the due ones are leased: their real next
+-- tick is known once the drain has fired them, and the claim that follows looks again).
+local next_due = nil
+if horizon > 0 then
+  local head = redis.call("ZRANGEBYSCORE", KEYS[6], "(" .. now, "+inf", "WITHSCORES", "LIMIT", 0, 1)
+  if #head > 0 then next_due = tonumber(head[2]) end
+end
 -- Due schedules: taken out of sight for a short lease; Postgres decides whether each fires.
 local due_schedules = redis.call("ZRANGEBYSCORE", KEYS[6], "-inf", now, "LIMIT", 0, sched_max)
 if #due_schedules > 0 then
@@ -92,11 +99,6 @@ end
 local paused = {}
 for _, q in ipairs(redis.call("SMEMBERS", KEYS[2])) do paused[q] = true end
 local out = {flags, redis.call("SMEMBERS", KEYS[1]), due_schedules, false}
-local next_due = nil
-if horizon > 0 then
-  local head = redis.call("ZRANGE", KEYS[6], 0, 0, "WITHSCORES")
-  if #head > 0 then next_due = tonumber(head[2]) end
-end
 
 local nqueues = (#ARGV - 10) / 2
 for i = 0, nqueues - 1 do

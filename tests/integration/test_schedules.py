@@ -293,3 +293,48 @@ async def test_a_bad_definition_is_refused_naming_the_field_and_stores_nothing(
         await jq.schedules.put("bad", body)
     assert e.value.field == field
     assert await jq.schedules.all() == []
+
+
+class DelayedKicks:
+    """A kicker that can wait, as QStash's can: records the due times it was asked for."""
+
+    delays = True
+
+    def __init__(self) -> None:
+        self.at: list[int | None] = []
+
+    async def __call__(self, at_ms: int | None = None) -> None:
+        self.at.append(at_ms)
+
+
+async def test_one_delayed_kick_per_due_time_before_the_next_regular_tick(
+    make_jq: Any, clock: FakeClock
+) -> None:
+    jq: JobQueue = make_jq(JOBQUEUE_TICK_INTERVAL_S=60)
+    kicks = DelayedKicks()
+    jq.kicker = kicks
+    at_minute(clock)
+    start = clock.now()
+    await jq.schedules.put("soon", {"type": "echo", "every_ms": 20_000})  # due before the next tick
+    await jq.schedules.put("later", {"type": "echo", "cron": "0 4 * * *"})
+    await jq.drain(1)
+    await jq.drain(1)  # the same due time: no second publish
+    due = int((start + timedelta(seconds=20)).timestamp() * 1000)
+    assert kicks.at == [due]
+    clock.advance(20_000)
+    await jq.drain(2)  # fires it; the next tick, 20 s on, gets its own kick
+    assert kicks.at == [due, due + 20_000]
+    # A delayed job (or a retry) due before the next regular tick is a due time too.
+    clock.advance(1000)
+    await jq.enqueue({"type": "echo", "payload": {}, "delay_ms": 5_000})
+    await jq.drain(1)
+    assert kicks.at[-1] == due + 1000 + 5_000
+
+
+async def test_no_delayed_kick_without_a_kicker_that_can_wait(jq: JobQueue, clock: FakeClock) -> None:
+    at_minute(clock)
+    await jq.schedules.put("soon", {"type": "echo", "every_ms": 20_000})
+    await jq.drain(1)
+    jq.redis.requests = jq.store.statements = 0
+    await jq.drain(1)
+    assert (jq.redis.requests, jq.store.statements) == (1, 0)
