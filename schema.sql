@@ -33,7 +33,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     dispatched       boolean     NOT NULL DEFAULT true,
     -- the schedule that fired it and the tick it stands for (0003)
     schedule_id      text,
-    scheduled_for    timestamptz
+    scheduled_for    timestamptz,
+    -- its group (a tenant, a destination), and its Redis member's flow-control suffix (0004)
+    group_key        text,
+    limiter          text
 );
 
 -- idempotency: a key is unique per queue
@@ -54,7 +57,9 @@ CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_at, status)
 CREATE TABLE IF NOT EXISTS queues (
     name       text PRIMARY KEY,
     paused     boolean     NOT NULL DEFAULT false,
-    updated_at timestamptz NOT NULL DEFAULT now()
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    -- flow control and defaults (0004): models.QueueSettings as JSON
+    settings   jsonb       NOT NULL DEFAULT '{}'::jsonb
 );
 
 -- metrics and alerts: when the oldest job that may run was due (min(run_at) per queue is one

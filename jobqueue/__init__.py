@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .errors import PermanentError, RetryAfter
+from .errors import PermanentError, RateLimited, RetryAfter
 
 if TYPE_CHECKING:
     from .models import Backoff
     from .registry import Blueprint, JobContext, Registry
 
-__all__ = ["Backoff", "Blueprint", "JobContext", "PermanentError", "Registry", "RetryAfter"]
+__all__ = ["Backoff", "Blueprint", "JobContext", "PermanentError", "RateLimited", "Registry", "RetryAfter"]
 
 
 def __getattr__(name: str) -> Any:

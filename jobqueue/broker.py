@@ -22,6 +22,8 @@ from .keys import Keys, encode_member, lease_member, member_id
 from .transports import RedisTransport, Script
 
 CLAIM = Script.load("claim")
+ACK = Script.load("ack")
+RESTORE_LEASES = Script.load("restore_leases")
 TURN = Script.load("turn")
 UNLOCK = Script.load("unlock")
 # Turn markers expire this long after their interval in real time: Redis only forgets markers
@@ -36,6 +38,7 @@ SWEEP_WINDOW_MS = 120_000
 # delays the tick by this much (Postgres, not this lease, makes firing exactly-once).
 SCHEDULE_LEASE_MS = 10_000
 SCHEDULES_PER_CLAIM = 100
+GATED_ON_SLOT = 9 * 10**15  # claim.lua's BLOCKED
 PRUNE = Script(
     "prune_queues",
     """
@@ -86,6 +89,9 @@ class Claimed:
     recovered: set[int] = field(default_factory=set)
     due_schedules: list[str] = field(default_factory=list)
     kick_at_ms: int | None = None  # publish one delayed kick for this due time
+    # Queues whose work waits on a flow-control limit -> when that may change (GATED_ON_SLOT: when
+    # a slot frees).
+    gated: dict[str, int] = field(default_factory=dict)
 
     @property
     def sync_due(self) -> bool:
@@ -105,59 +111,78 @@ class Claimed:
 
 
 def job_member(row: dict[str, Any]) -> str:
-    return encode_member(int(row["priority"]), to_ms(row["created_at"]), int(row["id"]))
+    """A job's member in Redis; `limiter` (the row's flow-control suffix, jobs.limiter) included."""
+    return encode_member(int(row["priority"]), to_ms(row["created_at"]), int(row["id"]), row.get("limiter") or "")
+
+
+@dataclass
+class _QueueAck:
+    remove: list[str] = field(default_factory=list)  # lease members
+    retry: list[Any] = field(default_factory=list)  # due ms, member, ...
+    release: list[str] = field(default_factory=list)
+    hand_back: list[Any] = field(default_factory=list)  # deadline ms, lease member, ...
+    park: list[Any] = field(default_factory=list)  # until ms, member, ...
+
+    def __bool__(self) -> bool:
+        return bool(self.remove or self.retry or self.release or self.hand_back or self.park)
 
 
 @dataclass
 class Ack:
-    """The Redis writes that follow recorded outcomes (or a grant), gathered so they go out as one
-    pipeline."""
+    """The Redis writes that follow recorded outcomes (or a grant), per queue, sent as one
+    request (ack.lua, which also keeps the flow-control counts exact)."""
 
     keys: Keys
-    remove: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))  # processing -> lease members
-    lease: dict[str, list[Any]] = field(default_factory=lambda: defaultdict(list))  # processing -> score, member...
-    delay: dict[str, list[Any]] = field(default_factory=lambda: defaultdict(list))  # delayed -> score, member...
-    requeue: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))  # ready list -> members
+    queues: dict[str, _QueueAck] = field(default_factory=lambda: defaultdict(_QueueAck))
 
     def done(self, queue: str, member: str, token: str) -> None:
-        self.remove[self.keys.processing(queue)].append(lease_member(member, token))
+        self.queues[queue].remove.append(lease_member(member, token))
 
     def retry(self, queue: str, member: str, token: str, due_ms: int) -> None:
         self.done(queue, member, token)
-        self.delay[self.keys.delayed(queue)] += [due_ms, member]
+        self.queues[queue].retry += [due_ms, member]
 
     def release(self, queue: str, member: str, token: str, priority: int) -> None:
+        """Claimed but never started: back to the front of its ready list (`priority` is in the
+        member already; kept for the callers' clarity)."""
         self.done(queue, member, token)
-        self.requeue[self.keys.ready(queue, priority)].append(member)
+        self.queues[queue].release.append(member)
 
     def hand_back(self, queue: str, member: str, token: str, holder: str, deadline_ms: int) -> None:
         """A popped lease that Postgres says is still held: give the holder its entry back, at
         the deadline Postgres has, so recovery looks again exactly when the lease runs out."""
         self.done(queue, member, token)
-        self.lease[self.keys.processing(queue)] += [deadline_ms, lease_member(member, holder)]
+        self.queues[queue].hand_back += [deadline_ms, lease_member(member, holder)]
+
+    def park(self, queue: str, member: str, token: str, until_ms: int) -> None:
+        """A handler raised RateLimited: the job waits in its group (its scope held until then)."""
+        self.done(queue, member, token)
+        self.queues[queue].park += [until_ms, member]
 
     def __bool__(self) -> bool:
-        return any((self.remove, self.lease, self.delay, self.requeue))
+        return any(self.queues.values())
 
     def merge(self, other: Ack) -> None:
-        for mine, theirs in (
-            (self.remove, other.remove),
-            (self.lease, other.lease),
-            (self.delay, other.delay),
-            (self.requeue, other.requeue),
-        ):
-            for k, v in theirs.items():
-                mine[k] += v
+        for q, theirs in other.queues.items():
+            mine = self.queues[q]
+            mine.remove += theirs.remove
+            mine.retry += theirs.retry
+            mine.release += theirs.release
+            mine.hand_back += theirs.hand_back
+            mine.park += theirs.park
 
-    def commands(self) -> list[list[Any]]:
-        cmds: list[list[Any]] = []
-        cmds += [["ZREM", k, *ms] for k, ms in self.remove.items() if ms]
-        cmds += [["ZADD", k, *args] for k, args in self.lease.items() if args]
-        cmds += [["ZADD", k, *args] for k, args in self.delay.items() if args]
-        # RPUSH: released jobs go back to the popping end, so they run next, the oldest first (it
-        # is pushed last, so it ends up rightmost).
-        cmds += [["RPUSH", k, *sorted(ms, key=_age_key, reverse=True)] for k, ms in self.requeue.items() if ms]
-        return cmds
+    def script_args(self, now_ms: int) -> tuple[list[str], list[Any]]:
+        keys: list[str] = []
+        args: list[Any] = [now_ms]
+        for q, a in sorted(self.queues.items()):
+            if not a:
+                continue
+            keys += self.keys.ack_keys(q)
+            # Released jobs go back to the popping end, oldest last, so it runs first.
+            release = sorted(a.release, key=_age_key, reverse=True)
+            for section, width in ((a.remove, 1), (a.retry, 2), (release, 1), (a.hand_back, 2), (a.park, 2)):
+                args += [len(section) // width, *section]
+        return keys, args
 
 
 @dataclass(frozen=True)
@@ -184,10 +209,10 @@ class Broker:
 
     def _push_commands(self, rows: Iterable[dict[str, Any]]) -> list[list[Any]]:
         """Commands that index new (or restored) jobs: LPUSH per ready list in id order (so the
-        oldest is popped first), ZADD per delayed set, and the queue into the queue set."""
+        oldest is popped first), ZADD per delayed set, and the queue into the queue set. Leases
+        (processing rows, which only reconcile restores) go through `restore_leases`."""
         ready: dict[str, list[str]] = defaultdict(list)
         delayed: dict[str, list[Any]] = defaultdict(list)
-        processing: dict[str, list[Any]] = defaultdict(list)
         queues: set[str] = set()
         for row in sorted(rows, key=lambda r: int(r["id"])):
             q = row["queue"]
@@ -197,11 +222,8 @@ class Broker:
                 ready[self.keys.ready(q, int(row["priority"]))].append(m)
             elif row["status"] == "scheduled":
                 delayed[self.keys.delayed(q)] += [to_ms(row["run_at"]), m]
-            elif row["status"] == "processing" and row.get("lease_expires_at") is not None:
-                processing[self.keys.processing(q)] += [to_ms(row["lease_expires_at"]), lease_member(m, "r")]
         cmds: list[list[Any]] = [["LPUSH", k, *ms] for k, ms in ready.items()]
         cmds += [["ZADD", k, *args] for k, args in delayed.items()]
-        cmds += [["ZADD", k, *args] for k, args in processing.items()]
         if queues:
             cmds.append(["SADD", self.keys.queues, *sorted(queues)])
         return cmds
@@ -246,20 +268,23 @@ class Broker:
         *,
         code_schedules: str = "",
         kick_horizon_ms: int = 0,
+        type_limits: str = "",
     ) -> Claimed:
         k = self.keys
         keys = [k.queues, k.paused, k.epoch, k.reconcile_due, k.sweep, k.schedules, k.schedules_synced, k.kick_at]
         args: list[Any] = [now_ms, limit, lease_deadline_ms, token, reconcile_interval_ms, SWEEP_EVERY_MS]
-        args += [SCHEDULE_LEASE_MS, SCHEDULES_PER_CLAIM, code_schedules, kick_horizon_ms]
+        args += [SCHEDULE_LEASE_MS, SCHEDULES_PER_CLAIM, code_schedules, kick_horizon_ms, type_limits]
         for q, n in queue_limits:
-            keys += [k.delayed(q), k.processing(q), *k.ready_all(q)]
+            keys += k.claim_keys(q)
             args += [q, max(0, n)]
         raw = await self.redis.script(CLAIM, keys, args)
         out = Claimed(flags=raw[0] or "", known_queues=list(raw[1] or []), due_schedules=list(raw[2] or []))
         out.kick_at_ms = int(raw[3]) if raw[3] not in (None, False, 0) else None
         rest = raw[4:]
-        for i in range(0, len(rest), 3):
-            queue, taken, recovered = rest[i], rest[i + 1] or [], rest[i + 2] or []
+        for i in range(0, len(rest), 4):
+            queue, taken, recovered, gated = rest[i], rest[i + 1] or [], rest[i + 2] or [], rest[i + 3]
+            if gated not in (None, False, 0):
+                out.gated[queue] = int(float(gated))
             for m in taken:
                 out.members[member_id(m)] = (queue, m)
             for m in recovered:
@@ -268,20 +293,20 @@ class Broker:
                 out.recovered.add(jid)
         return out
 
-    async def ack(self, ack: Ack) -> None:
-        cmds = ack.commands()
-        if cmds:
-            await self.redis.pipeline(cmds)
+    async def ack(self, ack: Ack, now_ms: int) -> None:
+        keys, args = ack.script_args(now_ms)
+        if keys:
+            await self.redis.script(ACK, keys, args)
 
     async def extend(self, leases: Iterable[Lease]) -> None:
-        """Move leases' deadlines later (never earlier: GT), re-creating an entry another drain
-        popped meanwhile. A stale entry for a job that has just finished is harmless: the next
-        claim that pops it finds the row finished and drops it."""
+        """Move leases' deadlines later (never earlier: GT), and only where the entry is still
+        there (XX): an entry another drain popped meanwhile is handed back by that drain (it finds
+        the lease held in Postgres), and flow control's counts follow the entries exactly."""
         by_key: dict[str, list[Any]] = defaultdict(list)
         for lease in leases:
             by_key[self.keys.processing(lease.queue)] += [lease.deadline_ms, lease_member(lease.member, lease.token)]
         if by_key:
-            await self.redis.pipeline([["ZADD", k, "GT", *args] for k, args in by_key.items()])
+            await self.redis.pipeline([["ZADD", k, "XX", "GT", *args] for k, args in by_key.items()])
 
     async def arm_sweep(self, now_ms: int) -> None:
         """Jobs were enqueued inside an application's transaction: until the window ends, claims
@@ -350,6 +375,59 @@ class Broker:
             if str(cursor) == "0":
                 return deleted
 
+    # --- flow control -------------------------------------------------------------------------
+
+    async def set_limits(self, limits: dict[str, dict[str, str | None]]) -> None:
+        """Mirror queues' limits into their `limits` HASH (claim.lua); None removes a field. The
+        fields claim.lua and ack.lua keep there themselves (p, hold) are left alone."""
+        cmds: list[list[Any]] = []
+        for q, fields in sorted(limits.items()):
+            put = [x for f, v in fields.items() if v is not None for x in (f, v)]
+            gone = [f for f, v in fields.items() if v is None]
+            if put:
+                cmds.append(["HSET", self.keys.limits(q), *put])
+            if gone:
+                cmds.append(["HDEL", self.keys.limits(q), *gone])
+        if cmds:
+            await self.redis.pipeline(cmds)
+
+    async def set_rate_state(self, tats: dict[str, dict[str, float]]) -> None:
+        """Rates' theoretical arrival times per queue and scope (reconcile, after a flush)."""
+        cmds = [
+            ["HSET", self.keys.tat(q), *[x for s, t in fields.items() for x in (s, t)]]
+            for q, fields in sorted(tats.items())
+            if fields
+        ]
+        if cmds:
+            await self.redis.pipeline(cmds)
+
+    async def flow_stats(self, queues: list[str], now_ms: int) -> dict[str, dict[str, Any]]:
+        """Per queue: running jobs (live leases), parked jobs, the scopes with the most waiting,
+        and time gated. Two requests (the second only where jobs are parked)."""
+        cmds: list[list[Any]] = []
+        for q in queues:
+            cmds += [
+                ["ZCOUNT", self.keys.processing(q), f"({now_ms}", "+inf"],
+                ["ZCARD", self.keys.parked(q)],
+                ["ZRANGE", self.keys.parked_keys(q), 0, 49],
+            ]
+        res = await self.redis.pipeline(cmds) if cmds else []
+        out: dict[str, dict[str, Any]] = {}
+        counts: list[list[Any]] = []
+        owners: list[tuple[str, str]] = []
+        for i, q in enumerate(queues):
+            running, parked, keys = res[3 * i : 3 * i + 3]
+            out[q] = {"running": int(running or 0), "parked": int(parked or 0), "top_parked": []}
+            for scope in keys or []:
+                counts.append(["ZLEXCOUNT", self.keys.parked(q), f"[{scope}|", f"[{scope}|\xff"])
+                owners.append((q, scope))
+        if counts:
+            for (q, scope), n in zip(owners, await self.redis.pipeline(counts), strict=True):
+                out[q]["top_parked"].append({"scope": scope, "parked": int(n or 0)})
+            for q in out:
+                out[q]["top_parked"] = sorted(out[q]["top_parked"], key=lambda x: -x["parked"])[:10]
+        return out
+
     # --- schedules ----------------------------------------------------------------------------
 
     async def mark_schedules_synced(self, code_hash: str) -> None:
@@ -366,6 +444,22 @@ class Broker:
             await self.redis.pipeline(cmds)
 
     # --- reconcile ----------------------------------------------------------------------------
+
+    async def restore_leases(self, rows: Iterable[dict[str, Any]]) -> int:
+        """Index the leases of `processing` rows (reconcile), each counted in its flow-control
+        scopes if it was not there already; one request. Returns how many were added."""
+        by_queue: dict[str, list[Any]] = defaultdict(list)
+        for row in rows:
+            if row["status"] == "processing" and row.get("lease_expires_at") is not None:
+                by_queue[row["queue"]] += [to_ms(row["lease_expires_at"]), lease_member(job_member(row), "r")]
+        if not by_queue:
+            return 0
+        keys: list[str] = []
+        args: list[Any] = []
+        for q, pairs in sorted(by_queue.items()):
+            keys += [self.keys.processing(q), self.keys.inflight(q)]
+            args += [len(pairs) // 2, *pairs]
+        return int(await self.redis.script(RESTORE_LEASES, keys, args) or 0)
 
     async def clear_index(self, queues: Iterable[str]) -> None:
         """Drop the ready and delayed index of these queues (a full rebuild refills them from
@@ -487,7 +581,7 @@ return 0
 
 def _age_key(member: str) -> tuple[int, int]:
     """(enqueued ms, id) of a member: the order in which a ready list pops them."""
-    _, ms, jid = member.split(":")
+    _, ms, jid = member.split(":")[:3]
     return int(ms), int(jid)
 
 

@@ -16,13 +16,13 @@ from .drain import DrainReport, DrainState
 from .enqueue import MAX_BATCH, Enqueuer
 from .errors import ConfigurationError, InvalidJob, InvalidState, JobNotFound, RedisUnavailable
 from .keys import Keys
-from .models import STATUSES, JobRequest, JobView
+from .models import STATUSES, JobRequest, JobView, QueueSettings
 from .registry import Registry
 from .schedules import Schedules
 from .settings import Settings
 from .store import Row, Store
 from .transports import RedisPyTransport, RedisTransport, UpstashTransport
-from .validation import check_id, like_pattern, search_id
+from .validation import check_id, check_queue_name, like_pattern, parse_model, search_id
 
 log = logging.getLogger("jobqueue")
 
@@ -52,7 +52,7 @@ class JobQueue:
         self.clock = clock or Clock()
         # What this process's drains share: the queues they know, their rotation, and whether a
         # push failed here (the drain owns it; see drain/state.py).
-        self.dispatch = DrainState(registry.queues)
+        self.dispatch = DrainState(registry.queues, registry.type_limits())
         self.enqueuer = Enqueuer(store, self.broker, registry, self.settings, self.clock, self.dispatch)
         self.schedules = Schedules(store, self.broker, registry, self.settings, self.clock, self.dispatch)
         # Awaited after every drain with (engine, report): housekeeping, alerts. See drain/loop.py.
@@ -197,16 +197,35 @@ class JobQueue:
         return int(rows[0]["n"])
 
     async def queue_counts(self) -> dict[str, dict[str, Any]]:
+        """Every queue in use: counts per status, the pause flag and the settings."""
         rows = await self.store.fetch("queue_counts")
-        paused_rows = [r for r in await self.store.fetch("queues") if r["paused"]]
+        kept = [r for r in await self.store.fetch("queues") if r["paused"] or r["settings"]]
         out: dict[str, dict[str, Any]] = {}
-        for q in sorted(self.queues | {r["queue"] for r in rows} | {r["name"] for r in paused_rows}):
-            out[q] = {"name": q, "paused": False, "counts": dict.fromkeys(STATUSES, 0)}
+        for q in sorted(self.queues | {r["queue"] for r in rows} | {r["name"] for r in kept}):
+            out[q] = {"name": q, "paused": False, "counts": dict.fromkeys(STATUSES, 0), "settings": {}}
         for r in rows:
             out[r["queue"]]["counts"][r["status"]] = int(r["n"])
-        for r in paused_rows:
+        for r in kept:
             out[r["name"]]["paused"] = bool(r["paused"])
+            out[r["name"]]["settings"] = r["settings"]
         return out
+
+    async def queue_settings(self, queue: str) -> QueueSettings:
+        rows = [r for r in await self.store.fetch("queues") if r["name"] == queue]
+        return QueueSettings.model_validate(rows[0]["settings"] if rows else {})
+
+    async def set_queue_settings(self, queue: str, patch: dict[str, Any]) -> QueueSettings:
+        """Change some of a queue's settings (the fields given; null clears one). Postgres first
+        (the durable copy reconcile restores from), then the limits the claims read in Redis."""
+        check_queue_name(queue)
+        given = parse_model(QueueSettings, patch)  # a 422 naming the field; changes nothing
+        current = await self.queue_settings(queue)
+        merged = current.model_copy(update={k: getattr(given, k) for k in given.model_fields_set})
+        doc = merged.model_dump_json(exclude_none=True)
+        await self.store.fetch("queue_settings_put", queue, doc, self.clock.now())
+        await self.broker.set_limits({queue: merged.limits()})
+        self.dispatch.queues.add(queue)
+        return merged
 
     # --- operator actions ---------------------------------------------------------------------
 

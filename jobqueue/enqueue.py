@@ -30,6 +30,7 @@ import orjson
 from .broker import Broker
 from .clock import Clock
 from .errors import InvalidJob, InvalidState, PayloadTooLarge, RedisUnavailable
+from .keys import limiter_suffix, type_tag
 from .models import Backoff, JobRequest
 from .registry import Registry
 from .settings import Settings
@@ -42,6 +43,7 @@ log = logging.getLogger("jobqueue")
 MAX_BATCH = 1000
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_BACKOFF = Backoff()
+DEFAULT_BACKOFF_JSON = DEFAULT_BACKOFF.model_dump_json()
 SESSION_PENDING = "jobqueue.pending"  # session.info key: rows to push after the session commits
 
 # The transaction opened by `Enqueuer.transaction`: its connection and the rows to push after it.
@@ -69,7 +71,8 @@ class Enqueuer:
             if not isinstance(req, JobRequest):
                 req = parse_request(req)
             jt = self.registry.get(req.type)
-            jt.validate(req.payload)
+            validated = jt.validate(req.payload)
+            group = req.group if req.group is not None else jt.group_of(validated)
         except InvalidJob as e:
             if index is None:
                 raise
@@ -86,17 +89,21 @@ class Enqueuer:
             run_at = max(req.run_at, now)
         else:
             run_at = now
-        backoff = req.backoff or jt.backoff or DEFAULT_BACKOFF
-        # The columns both the INSERT document and the locally rebuilt row carry.
+        backoff = req.backoff or jt.backoff
+        # The columns both the INSERT document and the locally rebuilt row carry. An option that
+        # neither the request nor the type sets is None here: the INSERT takes the queue's
+        # default (queues.settings), else the engine's, and returns what it took.
         columns = {
             "queue": req.queue or jt.queue,
             "type": req.type,
             "status": "scheduled" if run_at > now else "pending",
             "priority": req.priority,
-            "max_attempts": req.max_attempts or jt.max_attempts or DEFAULT_MAX_ATTEMPTS,
-            "backoff": backoff.model_dump(),
-            "timeout_ms": req.timeout_ms or jt.timeout_ms or self.settings.default_timeout_ms,
+            "max_attempts": req.max_attempts or jt.max_attempts,
+            "backoff": backoff.model_dump() if backoff is not None else None,
+            "timeout_ms": req.timeout_ms or jt.timeout_ms,
             "idempotency_key": req.idempotency_key,
+            "group_key": group,
+            "limiter": limiter_suffix(type_tag(jt.name) if jt.limited else "", group),
         }
         return {
             **columns,
@@ -125,7 +132,10 @@ class Enqueuer:
                 for i, j in enumerate(jobs)
             ]
         ).decode()
-        returned = sorted(await self._fetch(on, "insert_jobs", doc, on is None), key=lambda r: r["id"])
+        returned = sorted(
+            await self._fetch(on, "insert_jobs", doc, on is None, *self._defaults()), key=lambda r: r["id"]
+        )
+        resolved = {r["id"]: r for r in returned}
         # Identity values follow the insert order, so the unkeyed ids match the unkeyed jobs in
         # order; keyed jobs match by key (the first job with a key wins within a batch).
         unkeyed = iter(r["id"] for r in returned if not r["idempotency_key"])
@@ -138,9 +148,9 @@ class Enqueuer:
         for j in jobs:
             key = (j["queue"], j["idempotency_key"]) if j["idempotency_key"] else None
             if key is None:
-                row = _new_row(j, next(unkeyed))
+                row = _new_row(j, next(unkeyed), resolved)
             elif key in key_ids:
-                row = _new_row(j, key_ids.pop(key))
+                row = _new_row(j, key_ids.pop(key), resolved)
             else:
                 missing.append(key)
                 out.append(None)
@@ -186,6 +196,10 @@ class Enqueuer:
                 await self.kicker()
             except Exception as e:  # a kick is an optimisation; cron still drains
                 log.warning("kick failed: %s", e)
+
+    def _defaults(self) -> tuple[int, int, str]:
+        """The engine's defaults, for options neither request, type nor queue sets."""
+        return DEFAULT_MAX_ATTEMPTS, self.settings.default_timeout_ms, DEFAULT_BACKOFF_JSON
 
     async def dispatch_committed(self, rows: list[Row]) -> None:
         """Push committed jobs of an application transaction, if the sweep has not already."""
@@ -299,11 +313,20 @@ def _us(dt: datetime) -> int:
     return (d.days * 86_400 + d.seconds) * 1_000_000 + d.microseconds
 
 
-def _new_row(j: dict[str, Any], job_id: int) -> Row:
-    """The row Postgres now holds for a job just inserted (what RETURNING * would have said)."""
+def _new_row(j: dict[str, Any], job_id: int, resolved: dict[int, Row]) -> Row:
+    """The row Postgres now holds for a job just inserted (what RETURNING * would have said): what
+    was sent, and the defaults the INSERT resolved (the queue's or the engine's)."""
+    columns = dict(j["columns"])
+    got = resolved[job_id]
+    if columns["max_attempts"] is None:
+        columns["max_attempts"] = got["max_attempts"]
+    if columns["timeout_ms"] is None:
+        columns["timeout_ms"] = got["timeout_ms"]
+    if columns["backoff"] is None:
+        columns["backoff"] = orjson.loads(got["backoff_text"])
     return {
         "id": job_id,
-        **j["columns"],
+        **columns,
         "payload": j["payload"],
         "attempts": 0,
         "run_at": j["run_at"],

@@ -114,3 +114,13 @@ class RetryAfter(HandlerSignal):
         super().__init__(reason)
         self.delay_ms = max(0, int(delay_ms))
         self.reason = reason
+
+
+class RateLimited(HandlerSignal):
+    """Slow down (e.g. an HTTP 429): hold back this job's whole group for `retry_after_ms` and put
+    the job back in it, without counting an attempt."""
+
+    def __init__(self, retry_after_ms: int, reason: str = "rate limited") -> None:
+        super().__init__(reason)
+        self.retry_after_ms = max(0, int(retry_after_ms))
+        self.reason = reason

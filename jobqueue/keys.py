@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 PRIORITIES = range(10)  # 0..9, higher runs first
@@ -24,6 +25,47 @@ class Keys:
 
     def processing(self, queue: str) -> str:
         return f"{self.prefix}:{queue}:processing"
+
+    # Flow control (claim.lua and ack.lua say what each holds).
+    def limits(self, queue: str) -> str:
+        return f"{self.prefix}:{queue}:limits"
+
+    def inflight(self, queue: str) -> str:
+        return f"{self.prefix}:{queue}:inflight"
+
+    def tat(self, queue: str) -> str:
+        return f"{self.prefix}:{queue}:tat"
+
+    def parked(self, queue: str) -> str:
+        return f"{self.prefix}:{queue}:parked"
+
+    def parked_keys(self, queue: str) -> str:
+        return f"{self.prefix}:{queue}:parked_keys"
+
+    def claim_keys(self, queue: str) -> list[str]:
+        """A queue's 17 keys in claim.lua's order."""
+        return [
+            self.delayed(queue),
+            self.processing(queue),
+            self.limits(queue),
+            self.inflight(queue),
+            self.tat(queue),
+            self.parked(queue),
+            self.parked_keys(queue),
+            *self.ready_all(queue),
+        ]
+
+    def ack_keys(self, queue: str) -> list[str]:
+        """A queue's 16 keys in ack.lua's order."""
+        return [
+            self.processing(queue),
+            self.delayed(queue),
+            self.inflight(queue),
+            self.parked(queue),
+            self.parked_keys(queue),
+            self.limits(queue),
+            *self.ready_all(queue),
+        ]
 
     @property
     def queues(self) -> str:
@@ -88,14 +130,30 @@ class Keys:
         return f"{self.prefix}:nonce:"
 
 
-def encode_member(priority: int, enqueued_ms: int, job_id: int) -> str:
-    """The score string `{999999-priority:06d}:{enqueued_ms}:{id}` pushed onto the ready lists."""
-    return f"{999999 - priority:06d}:{enqueued_ms}:{job_id}"
+def encode_member(priority: int, enqueued_ms: int, job_id: int, limiter: str = "") -> str:
+    """The score string `{999999-priority:06d}:{enqueued_ms}:{id}` pushed onto the ready lists,
+    followed by `:{type tag}:{group hash}` (`limiter`) for a job that flow control counts: one with
+    a group, or of a type that has limits (claim.lua)."""
+    member = f"{999999 - priority:06d}:{enqueued_ms}:{job_id}"
+    return f"{member}:{limiter}" if limiter else member
 
 
 def member_id(member: str) -> int:
     """The job id of a member; a lease member carries a `|token` suffix."""
-    return int(member.split("|", 1)[0].rsplit(":", 1)[1])
+    return int(member.split("|", 1)[0].split(":", 3)[2])
+
+
+def limiter_suffix(type_tag: str, group: str | None) -> str:
+    """`{type tag}:{group hash}` (either may be empty), or "" for a job nothing counts."""
+    if not type_tag and group is None:
+        return ""
+    gh = hashlib.sha256(group.encode()).hexdigest()[:12] if group is not None else ""
+    return f"{type_tag}:{gh}"
+
+
+def type_tag(name: str) -> str:
+    """A job type's short name in members and limiter scopes."""
+    return hashlib.sha256(name.encode()).hexdigest()[:8]
 
 
 def member_priority(member: str) -> int:

@@ -46,6 +46,12 @@ class JobRequest(BaseModel):
     backoff: Backoff | None = None
     timeout_ms: int | None = Field(default=None, ge=1, le=MAX_TIMEOUT_MS)
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
+    group: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="a tenant, a destination: the queue's and the type's group limits apply per group",
+    )
 
     @model_validator(mode="after")
     def _one_schedule(self) -> JobRequest:
@@ -79,12 +85,83 @@ class JobView(BaseModel):
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    group: str | None = Field(default=None, description="its flow-control group")
     schedule_id: str | None = Field(default=None, description="the schedule that made it")
     scheduled_for: datetime | None = Field(default=None, description="the schedule's tick it stands for")
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> JobView:
         data = {k: row.get(k) for k in cls.model_fields}
+        data["group"] = row.get("group_key")
         if row.get("status") in TERMINAL:
             data["run_at"] = None
         return cls.model_validate(data)
+
+
+# --- flow control (issue 11) ----------------------------------------------------------------
+
+
+class Rate(BaseModel):
+    """At most `limit` starts per `period_ms` on average, up to `burst` at once; in any window of
+    one period, never more than limit + burst (GCRA, enforced inside the claim script)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    limit: int = Field(ge=1, le=1_000_000)
+    period_ms: int = Field(ge=1, le=86_400_000)
+    burst: int = Field(default=1, ge=1, le=1_000_000)
+
+    def spec(self) -> str:
+        return f"{self.limit}/{self.period_ms}/{self.burst}"
+
+
+class JobDefaults(BaseModel):
+    """Options for the queue's jobs whose request and type set none."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_attempts: int | None = Field(default=None, ge=1, le=100)
+    backoff: Backoff | None = None
+    timeout_ms: int | None = Field(default=None, ge=1, le=MAX_TIMEOUT_MS)
+
+
+class RetentionRule(BaseModel):
+    """Keep finished jobs of a status at most `age_days`, and/or only the newest `count`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    age_days: float | None = Field(default=None, ge=0, le=36_500)
+    count: int | None = Field(default=None, ge=0, le=100_000_000)
+
+
+class Retention(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    completed: RetentionRule | None = None
+    failed: RetentionRule | None = None
+
+
+class QueueSettings(BaseModel):
+    """A queue's settings (PUT /api/queues/{name}); every field optional, null for none."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    defaults: JobDefaults | None = None
+    concurrency: int | None = Field(default=None, ge=1, le=1_000_000, description="jobs running at once, all drains")
+    rate: Rate | None = Field(default=None, description="starts per period, all drains")
+    group_concurrency: int | None = Field(default=None, ge=1, le=1_000_000, description="per group")
+    group_rate: Rate | None = Field(default=None, description="per group")
+    retention: Retention | None = None
+    aging_ms: int | None = Field(
+        default=None, ge=1, le=7 * 24 * 3600 * 1000, description="a waiting job gains one priority level per aging_ms"
+    )
+
+    def limits(self) -> dict[str, str | None]:
+        """The fields of the queue's `limits` HASH in Redis (claim.lua); None clears one."""
+        return {
+            "c": str(self.concurrency) if self.concurrency else None,
+            "r": self.rate.spec() if self.rate else None,
+            "gc": str(self.group_concurrency) if self.group_concurrency else None,
+            "gr": self.group_rate.spec() if self.group_rate else None,
+            "aging": str(self.aging_ms) if self.aging_ms else None,
+        }

@@ -27,12 +27,13 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from .clock import to_ms
+from .models import QueueSettings
 
 if TYPE_CHECKING:
     from .broker import Broker
     from .clock import Clock
     from .state import DrainState
-    from .store import Store
+    from .store import Row, Store
 
 log = logging.getLogger("jobqueue.reconcile")
 
@@ -51,7 +52,7 @@ async def reconcile(
         return {"restored": 0, "skipped": 1}
     try:
         if full:
-            restored = await _full(store, broker, state)
+            restored = await _full(store, broker, state, clock)
         else:
             restored = await _periodic(store, broker, state, clock, FRESH_S if fresh_s is None else fresh_s)
             restored += await sweep(store, broker, state)
@@ -62,7 +63,7 @@ async def reconcile(
     return {"restored": restored, "skipped": 0}
 
 
-async def _full(store: Store, broker: Broker, state: DrainState) -> int:
+async def _full(store: Store, broker: Broker, state: DrainState, clock: Clock) -> int:
     # Clear the ready and delayed index first, then read Postgres: an enqueue that pushed before
     # the DEL committed its row before it, so the read below sees it; one that pushes after the
     # DEL is indexed by its own push (and maybe again here, which is harmless). In-flight leases
@@ -75,12 +76,95 @@ async def _full(store: Store, broker: Broker, state: DrainState) -> int:
             break
         after = rows[-1]["id"]
         await broker.push(rows)
+        await broker.restore_leases(rows)  # counted again in their flow-control scopes
         state.queues |= {r["queue"] for r in rows}
         restored += len(rows)
-    paused = [q["name"] for q in await store.fetch("queues") if q["paused"]]
+    queues = await store.fetch("queues")
+    paused = [q["name"] for q in queues if q["paused"]]
     await _reindex_schedules(store, broker, rebuilt=True)
+    await _restore_limits(broker, queues)
+    await _rebuild_rates(store, broker, state, clock, queues)
     await broker.restore(state.queues, paused, rebuilt=True)
     return restored
+
+
+async def _restore_limits(broker: Broker, queues: list[Row]) -> None:
+    """The queues' limits in Redis from their settings in Postgres."""
+    await broker.set_limits({q["name"]: QueueSettings.model_validate(q["settings"]).limits() for q in queues})
+
+
+async def _rebuild_rates(store: Store, broker: Broker, state: DrainState, clock: Clock, queues: list[Row]) -> None:
+    """After a flush, the rates' state (each scope's theoretical arrival time) from the starts
+    Postgres saw in the last period: a scope that started n jobs in its last period has
+    limit + burst - n starts left in it, as it would have had, so a flush cannot over-admit."""
+    rates: dict[str, dict[str, tuple[float, float]]] = {}  # queue -> scope kind -> (T, period)
+    type_rates = _type_rates(state.type_limits)
+    for q in queues:
+        st = QueueSettings.model_validate(q["settings"])
+        kinds = {}
+        if st.rate:
+            kinds["q"] = (st.rate.period_ms / st.rate.limit, float(st.rate.period_ms))
+        if st.group_rate:
+            kinds["g"] = (st.group_rate.period_ms / st.group_rate.limit, float(st.group_rate.period_ms))
+        if kinds:
+            rates[q["name"]] = kinds
+    if not rates and not type_rates:
+        return
+    longest = max([p for k in rates.values() for _, p in k.values()] + [p for _, p in type_rates.values()])
+    now = clock.now()
+    now_ms = clock.ms()
+    names = sorted(state.queues | set(rates))
+    starts = await store.fetch("recent_starts", now - timedelta(milliseconds=longest), names)
+    counts: dict[str, dict[str, int]] = {}
+    for r in starts:
+        c = counts.setdefault(r["queue"], {})
+        c["q"] = c.get("q", 0) + int(r["n"])
+        tt, _, gh = (r["limiter"] or ":").partition(":")
+        for scope in (
+            ([f"t:{tt}"] if tt else []) + ([f"g:{gh}"] if gh else []) + ([f"t:{tt}:g:{gh}"] if tt and gh else [])
+        ):
+            c[scope] = c.get(scope, 0) + int(r["n"])
+    tats: dict[str, dict[str, float]] = {}
+    for queue, c in counts.items():
+        for scope, n in c.items():
+            rate = _rate_for(scope, rates.get(queue, {}), type_rates)
+            if rate is None:
+                continue
+            emission, period = rate
+            tat = now_ms + n * emission - period
+            if tat > now_ms:
+                tats.setdefault(queue, {})[scope] = tat
+    await broker.set_rate_state(tats)
+
+
+def scopes_of(limiter: str | None) -> list[str]:
+    """The flow-control scopes a member with this suffix occupies (as claim.lua reckons them)."""
+    tt, _, gh = (limiter or ":").partition(":")
+    return ([f"t:{tt}"] if tt else []) + ([f"g:{gh}"] if gh else []) + ([f"t:{tt}:g:{gh}"] if tt and gh else [])
+
+
+def _type_rates(spec: str) -> dict[str, tuple[float, float]]:
+    """`tag=c=..,r=L/P/B,gr=L/P/B` -> {"t:tag": (T, P), "t:tag:g": (T, P)}."""
+    out: dict[str, tuple[float, float]] = {}
+    for entry in filter(None, spec.split(";")):
+        tag, _, fields = entry.partition("=")
+        for field in fields.split(","):
+            name, _, value = field.partition("=")
+            if name in ("r", "gr"):
+                limit, period, _burst = (float(x) for x in value.split("/"))
+                out[f"t:{tag}" + (":g" if name == "gr" else "")] = (period / limit, period)
+    return out
+
+
+def _rate_for(
+    scope: str, queue_rates: dict[str, tuple[float, float]], type_rates: dict[str, tuple[float, float]]
+) -> tuple[float, float] | None:
+    if scope == "q":
+        return queue_rates.get("q")
+    if scope.startswith("g:"):
+        return queue_rates.get("g")
+    tag, _, rest = scope[2:].partition(":g:")
+    return type_rates.get(f"t:{tag}" + (":g" if rest else ""))
 
 
 async def _reindex_schedules(store: Store, broker: Broker, *, rebuilt: bool) -> None:
@@ -95,12 +179,14 @@ async def _periodic(store: Store, broker: Broker, state: DrainState, clock: Cloc
     # lost pause flag would let a paused queue run. Pause flags are only added here, never
     # removed: a resume racing this read must not be undone (the full rebuild resets them).
     active = {r["queue"] for r in await store.fetch("active_queues")}
-    paused = [q["name"] for q in await store.fetch("queues") if q["paused"]]
+    queue_rows = await store.fetch("queues")
+    paused = [q["name"] for q in queue_rows if q["paused"]]
+    await _restore_limits(broker, queue_rows)
     # A queue with no unfinished job, no pause flag and no settings leaves the queue set (so a
     # misspelt name does not cost every claim forever); Redis re-checks that its lists are empty
     # in the same step, so an enqueue racing this read keeps its queue.
     await _reindex_schedules(store, broker, rebuilt=False)
-    keep = active | set(paused) | state.fixed
+    keep = active | set(paused) | {q["name"] for q in queue_rows if q["settings"]} | state.fixed
     state.queues -= await broker.prune_queues((await broker.known_queues() | state.queues) - keep)
     state.queues |= active
     await broker.restore(state.queues, paused, rebuilt=False)
@@ -117,6 +203,7 @@ async def _periodic(store: Store, broker: Broker, state: DrainState, clock: Cloc
             missing = [r for r in rows if r["id"] not in indexed and r["created_at"] <= fresh]
             if missing:
                 await broker.push(missing)
+                await broker.restore_leases(missing)
                 restored += len(missing)
     return restored
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ValidationError
 
 from .errors import DuplicateJobType, InvalidDefinition, InvalidJob
-from .models import MAX_TIMEOUT_MS, QUEUE_NAME, Backoff
+from .models import MAX_TIMEOUT_MS, QUEUE_NAME, Backoff, Rate
 
 if TYPE_CHECKING:
     from .models import JobRequest
@@ -59,6 +59,45 @@ class JobType:
     max_attempts: int | None = None
     backoff: Backoff | None = None
     timeout_ms: int | None = None
+    # Flow control: the group a payload belongs to (when the request names none), and this
+    # type's own limits, across every drain (claim.lua).
+    group: Callable[[Any], str | None] | None = None
+    concurrency: int | None = None
+    rate: Rate | None = None
+    group_concurrency: int | None = None
+    group_rate: Rate | None = None
+    fair: bool = False
+
+    @property
+    def limited(self) -> bool:
+        """Whether flow control counts this type's jobs as such (its members carry its tag)."""
+        return bool(self.concurrency or self.rate or self.group_concurrency or self.group_rate or self.fair)
+
+    def limits_spec(self) -> str:
+        """claim.lua's spec of this type's limits: c=N,r=L/P/B,gc=N,gr=L/P/B,fair=1."""
+        parts = []
+        if self.concurrency:
+            parts.append(f"c={self.concurrency}")
+        if self.rate:
+            parts.append(f"r={self.rate.spec()}")
+        if self.group_concurrency:
+            parts.append(f"gc={self.group_concurrency}")
+        if self.group_rate:
+            parts.append(f"gr={self.group_rate.spec()}")
+        if self.fair:
+            parts.append("fair=1")
+        return ",".join(parts)
+
+    def group_of(self, payload: Any) -> str | None:
+        """The group its `group` function derives from a (validated) payload, checked."""
+        if self.group is None:
+            return None
+        g = self.group(payload)
+        if g is None:
+            return None
+        if not isinstance(g, str) or not 1 <= len(g) <= 200:
+            raise InvalidJob(f"the group of this {self.name} job must be 1-200 characters, got {g!r}", field="group")
+        return g
 
     def validate(self, payload: dict[str, Any]) -> BaseModel | dict[str, Any]:
         """Validate an untrusted payload; the error names the offending field."""
@@ -136,10 +175,22 @@ class Blueprint:
         max_attempts: int | None = None,
         backoff: Backoff | dict[str, Any] | None = None,
         timeout_ms: int | None = None,
+        group: Callable[[Any], str | None] | None = None,
+        concurrency: int | None = None,
+        rate: Rate | dict[str, Any] | None = None,
+        group_concurrency: int | None = None,
+        group_rate: Rate | dict[str, Any] | None = None,
+        fair: bool = False,
     ) -> Callable[[Handler], Handler]:
         """Define a job type. Every option is checked here: a wrong one raises InvalidDefinition
-        at import time, not a 500 at enqueue time."""
+        at import time, not a 500 at enqueue time.
+
+        Flow control: `group(payload)` names a job's group when its request names none (a tenant
+        id, a destination host); `concurrency` and `rate` limit this type's jobs, and
+        `group_concurrency`/`group_rate` each group's of them, across all drains; `fair` serves
+        the groups in turns (a tenant with 100,000 jobs does not starve one with 10)."""
         policy = _check_definition(name, model, queue, max_attempts, backoff, timeout_ms)
+        flow = _check_flow(name, group, concurrency, rate, group_concurrency, group_rate, fair)
 
         def register(fn: Handler) -> Handler:
             if not _is_async(fn):
@@ -149,7 +200,7 @@ class Blueprint:
                 )
             if any(t.name == name for t in self.types):
                 raise DuplicateJobType(f"job type {name!r} is defined twice")
-            self.types.append(JobType(name, fn, model, queue, max_attempts, policy, timeout_ms))
+            self.types.append(JobType(name, fn, model, queue, max_attempts, policy, timeout_ms, **flow))
             with contextlib.suppress(AttributeError, TypeError):  # some callables take no attributes
                 setattr(fn, JOB_NAME_ATTR, name)
             return fn
@@ -194,6 +245,39 @@ def _check_definition(
     raise bad(f"backoff must be a jobqueue.Backoff (or a dict of its fields), not {type(backoff).__name__}")
 
 
+def _check_flow(
+    name: str, group: Any, concurrency: Any, rate: Any, group_concurrency: Any, group_rate: Any, fair: Any
+) -> dict[str, Any]:
+    def bad(what: str) -> InvalidDefinition:
+        return InvalidDefinition(f"job type {name!r}: {what}")
+
+    if group is not None and not callable(group):
+        raise bad("group must be a function of the payload returning the group's name (or None)")
+    for label, n in (("concurrency", concurrency), ("group_concurrency", group_concurrency)):
+        if n is not None and (type(n) is not int or n < 1):
+            raise bad(f"{label} must be a positive integer, not {n!r}")
+    rates: dict[str, Rate | None] = {}
+    for label, r in (("rate", rate), ("group_rate", group_rate)):
+        if r is None or isinstance(r, Rate):
+            rates[label] = r
+            continue
+        try:
+            rates[label] = Rate.model_validate(r)
+        except ValidationError as e:
+            first = e.errors()[0]
+            raise bad(f"{label}.{'.'.join(str(x) for x in first['loc'])}: {first['msg']}") from None
+    if not isinstance(fair, bool):
+        raise bad("fair must be True or False")
+    return {
+        "group": group,
+        "concurrency": concurrency,
+        "rate": rates["rate"],
+        "group_concurrency": group_concurrency,
+        "group_rate": rates["group_rate"],
+        "fair": fair,
+    }
+
+
 class Registry:
     def __init__(self, blueprints: Iterable[Blueprint] = ()) -> None:
         self._types: dict[str, JobType] = {}
@@ -213,6 +297,12 @@ class Registry:
     def schedules(self) -> list[ScheduleDecl]:
         """The schedules declared in code, by id."""
         return [self._schedules[k] for k in sorted(self._schedules)]
+
+    def type_limits(self) -> str:
+        """claim.lua's ARGV of the types' limits: "tag=spec;tag=spec" ("" when none)."""
+        from .keys import type_tag
+
+        return ";".join(f"{type_tag(t.name)}={t.limits_spec()}" for t in self._types.values() if t.limited)
 
     def schedules_hash(self) -> str:
         """A digest of the code's schedules: the drains sync them when it changes."""

@@ -26,6 +26,7 @@ from .broker import Broker
 from .clock import Clock, to_ms
 from .cron import InvalidTiming
 from .errors import InvalidJob, JobNotFound, RedisUnavailable
+from .keys import limiter_suffix, type_tag
 from .models import Backoff
 from .registry import Registry
 from .schedule_spec import ScheduleDecl, ScheduleRequest, ScheduleView, check_schedule_id, plan
@@ -83,7 +84,10 @@ class Schedules:
         """The job a tick makes, its options resolved as an enqueue would (request, type, defaults)."""
         jt = self.registry.get(spec.type) if spec.type in self.registry else None
         backoff = spec.backoff or (jt.backoff if jt else None) or Backoff()
+        group = jt.group_of(jt.validate(spec.payload)) if jt else None
         return {
+            "group_key": group,
+            "limiter": limiter_suffix(type_tag(jt.name) if jt and jt.limited else "", group),
             "n": n,
             "schedule_id": schedule_id,
             "tick_us": _us(tick) if tick is not None else None,

@@ -7,12 +7,15 @@ from collections.abc import Iterable
 
 
 class DrainState:
-    def __init__(self, queues: Iterable[str] = ()) -> None:
+    def __init__(self, queues: Iterable[str] = (), type_limits: str = "") -> None:
         # The registry's queues (and "default") are always drained; the rest follows the Redis
         # queue set, which each claim returns: queues appear as they are enqueued to, and leave
         # when reconcile prunes them (no unfinished jobs, no pause flag, no settings).
         self.fixed: frozenset[str] = frozenset(queues) | {"default"}
         self.queues: set[str] = set(self.fixed)
+        # The registry's types' limits as claim.lua reads them ("tag=spec;..."): reconcile rebuilds
+        # their rates' state after a flush.
+        self.type_limits = type_limits
         # Set when a push failed after its insert: the next drain in this process reconciles.
         self.needs_reconcile = False
         self._rotation = 0

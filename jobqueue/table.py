@@ -42,3 +42,5 @@ class Job(SQLModel, table=True):
     dispatched: bool = SQLField(default=True, sa_column=Column(Boolean, nullable=False))
     schedule_id: str | None = SQLField(default=None, sa_column=Column(Text, nullable=True))
     scheduled_for: datetime | None = SQLField(default=None, sa_column=Column(TIMESTAMP(timezone=True)))
+    group_key: str | None = SQLField(default=None, sa_column=Column(Text, nullable=True))
+    limiter: str | None = SQLField(default=None, sa_column=Column(Text, nullable=True))

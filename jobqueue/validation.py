@@ -10,7 +10,7 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from .errors import InvalidJob, JobNotFound
-from .models import JobRequest
+from .models import QUEUE_NAME, JobRequest
 
 # A \u0000 escape that is not itself escaped (preceded by an even number of backslashes).
 NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
@@ -68,3 +68,9 @@ def like_pattern(term: str) -> str:
     search for `%` finds a literal percent sign instead of every row."""
     escaped = term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return f"%{escaped}%"
+
+
+def check_queue_name(queue: str) -> str:
+    if not QUEUE_NAME.fullmatch(queue):
+        raise InvalidJob("a queue's name is 1-100 letters, digits, '_', '.' or '-'", field="queue")
+    return queue

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from ..clock import Clock
-from ..errors import JobQueueError, PermanentError, RetryAfter
+from ..errors import JobQueueError, PermanentError, RateLimited, RetryAfter
 from ..registry import JobContext, Registry
 from ..retry import MAX_DELAY_MS, backoff_delay_ms
 from ..validation import NUL_ESCAPE
@@ -68,6 +68,10 @@ class Executor:
             out = failed(row, f"{type(e).__name__}: {e.message}")
         except RetryAfter as e:
             out = self._retry_or_fail(row, f"RetryAfter: {e.reason}", e.delay_ms)
+        except RateLimited as e:
+            # Back to its group, held there for retry_after_ms; the attempt is not counted.
+            until = self.clock.now() + timedelta(milliseconds=min(e.retry_after_ms, MAX_DELAY_MS))
+            out = Outcome(row, "rate_limited", "pending", error=clean(f"RateLimited: {e.reason}"), run_at=until)
         except TimeoutError:
             out = self._retry_or_fail(row, f"TimeoutError: timed out after {int(timeout_s * 1000)} ms", None)
         except Exception as e:

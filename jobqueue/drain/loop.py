@@ -76,6 +76,7 @@ class Drain:
         self.state = jq.dispatch
         self.schedules = jq.schedules
         self.code_schedules = jq.registry.schedules_hash()
+        self.type_limits = jq.registry.type_limits()
         self.kicker = jq.kicker
         # Delayed kicks need a kicker that can wait (QStash's); a local one wakes its tick anyway.
         self.kick_horizon_ms = s.tick_interval_s * 1000 if getattr(jq.kicker, "delays", False) else 0
@@ -264,7 +265,9 @@ class Drain:
             s.reconcile_interval_s * 1000,
             code_schedules=self.code_schedules,
             kick_horizon_ms=self.kick_horizon_ms,
+            type_limits=self.type_limits,
         )
+        self._note_gated(claimed)
         self._rediscovered = False
         known_before = set(self.state.queues)
         if claimed.epoch_missing or claimed.reconcile_due:
@@ -383,6 +386,16 @@ class Drain:
         finally:
             self._finished_at = asyncio.get_running_loop().time()
             self._free_slot(queue)
+
+    def _note_gated(self, claimed: Claimed) -> None:
+        """Work that waits on a flow-control limit: the report says until when (a drain that ends
+        so is gated, not idle)."""
+        if claimed.gated:
+            self.report.gated_until_ms = min(claimed.gated.values())
+            self.report.gated_queues = sorted(claimed.gated)
+        elif claimed.members or not claimed.flags:
+            self.report.gated_until_ms = None
+            self.report.gated_queues = []
 
     async def _kick_at(self, at_ms: int) -> None:
         """One delayed kick for the earliest due time (the claim script took its turn)."""

@@ -153,6 +153,8 @@ class Recorder:
                     self.report.dead.append(dead_entry(o.row, o.error))
                 if o.outcome == "retried" and o.run_at is not None:
                     ack.retry(queue, member, o.token, to_ms(o.run_at))
+                elif o.outcome == "rate_limited" and o.run_at is not None:
+                    ack.park(queue, member, o.token, to_ms(o.run_at))
                 elif o.outcome == "released":
                     ack.release(queue, member, o.token, o.row["priority"])
                 else:
@@ -160,9 +162,9 @@ class Recorder:
             self.report.groups.offer(len(group))
         if ack:
             try:
-                await self.broker.ack(ack)
+                await self.broker.ack(ack, self.clock.ms())
             except Exception as e:  # the outcomes are written; a later claim drops the stale leases
-                log.warning("acknowledging %d lease(s) in Redis failed: %s", len(ack.remove), e)
+                log.warning("acknowledging outcomes in Redis failed: %s", e)
 
     async def _write_retrying(self, group: list[Outcome]) -> list[dict[str, object]]:
         loop = asyncio.get_running_loop()

@@ -6,7 +6,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-# The eight fields of the /api/workers contract (DESIGN.md section 5); the rest is internal.
+GATED_ON_SLOT = 9 * 10**15  # claim.lua's BLOCKED: waiting for a slot, not for a time
+# The eight fields of the /api/workers contract (DESIGN.md section 5), plus `gated_until`.
 CONTRACT = ("claimed", "completed", "retried", "failed", "released", "recovered", "duration_ms", "more")
 
 
@@ -24,7 +25,12 @@ class DrainReport:
     dropped: int = 0  # popped ids Postgres did not grant (gone, finished, cancelled, duplicates)
     reconciled: int = 0
     fired: int = 0  # jobs made by schedules' ticks
+    rate_limited: int = 0  # jobs whose handler said "slow down", back in their group
     heartbeats: int = 0
+    # Work was left waiting on a flow-control limit when the drain last looked: until when it may
+    # change (GATED_ON_SLOT: when a slot frees), and in which queues. None: not gated.
+    gated_until_ms: int | None = None
+    gated_queues: list[str] = field(default_factory=list)
     # Sizes of the groups the recorder wrote (one statement and one acknowledgement each).
     groups: Sample = field(default_factory=lambda: Sample())
     # Milliseconds from a job's grant to its outcome being recorded, for the benchmarks.
@@ -41,7 +47,25 @@ class DrainReport:
 
     def contract(self) -> dict[str, Any]:
         d = self.as_dict()
-        return {k: d[k] for k in CONTRACT}
+        out = {k: d[k] for k in CONTRACT}
+        out["gated_until"] = self.gated_until()
+        return out
+
+    def gated_until(self) -> str | None:
+        """When work held back by a limit may start (ISO-8601 UTC); "slot" when it waits for a
+        running job to finish; None when nothing waits on a limit."""
+        if self.gated_until_ms is None:
+            return None
+        if self.gated_until_ms >= GATED_ON_SLOT:
+            return "slot"
+        from datetime import UTC, datetime
+
+        return datetime.fromtimestamp(self.gated_until_ms / 1000, UTC).isoformat().replace("+00:00", "Z")
+
+    @property
+    def gated(self) -> bool:
+        """Work waits on a flow-control limit (rather than: there is nothing to do)."""
+        return self.gated_until_ms is not None
 
     @property
     def idle(self) -> bool:

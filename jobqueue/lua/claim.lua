@@ -1,6 +1,24 @@
 -- claim.lua: one request per batch. For each queue that is not paused: promote due delayed
--- members to their ready lists, take expired leases back (recovery), pop up to that queue's limit
--- across priorities (highest first, FIFO within one), and record a lease for every member taken.
+-- members to their ready lists, take expired leases back (recovery), then take up to that
+-- queue's limit of jobs, admitting each only within its flow-control limits, and record a lease
+-- for every member taken.
+--
+-- Flow control (issue 11). A member may carry a suffix ":{tt}:{gh}" after its id: tt names its
+-- job type's limiter (when the type has limits), gh its group (a hash). Such a member occupies a
+-- slot in each of its scopes: "t:{tt}" (its type), "g:{gh}" (its group in this queue) and
+-- "t:{tt}:g:{gh}" (its group within its type); `inflight` counts the live leases per scope, kept
+-- exact by this script and ack.lua (every lease added or removed is counted, whatever the limits
+-- are). Limits: the queue's own (`limits` HASH: c = concurrency, r = rate "limit/period/burst",
+-- gc/gr the same per group, aging = ms per priority level, p = something is parked, hold = no
+-- start before this time, after a RateLimited of a job that has no scope) and the
+-- types' (ARGV). Queue concurrency is the live leases in `processing` (ZCOUNT past now), queue
+-- and scope rates are GCRA (`tat` HASH: the theoretical arrival time per scope). A member over a
+-- scope's limit is parked under that scope (`parked` ZSET, member "scope|member", all scores 0,
+-- so lex order = priority then age: FIFO per scope) and its scope is listed in `parked_keys`
+-- (score: when it may be admissible again, or 9e15 while it waits for a slot; ack.lua lowers it
+-- when a slot frees). A scope in `parked_keys` parks every new member behind the waiting ones.
+-- Parked members are admitted first, oldest first, as capacity returns; a fair type's members
+-- are always parked per group and admitted round robin across groups.
 --
 -- KEYS[1]  SET of queue names (returned so the caller can discover queues it does not know)
 -- KEYS[2]  SET of paused queue names
@@ -10,9 +28,10 @@
 -- KEYS[6]  ZSET of schedule ids scored by their next tick (ms)
 -- KEYS[7]  the hash of the code-declared schedules last synced to Postgres
 -- KEYS[8]  the due time a delayed kick was last published for
--- then, per queue i (0-based), 12 keys at 9 + 12*i:
+-- then, per queue i (0-based), 17 keys at 9 + 17*i:
 --   +0 delayed ZSET (score = due ms), +1 processing ZSET (score = lease deadline ms),
---   +2 .. +11 ready lists for priority 9 down to 0
+--   +2 limits HASH, +3 inflight HASH, +4 tat HASH, +5 parked ZSET, +6 parked_keys ZSET,
+--   +7 .. +16 ready lists for priority 9 down to 0
 -- ARGV[1]  now in ms
 -- ARGV[2]  maximum number of members to take in all
 -- ARGV[3]  lease deadline in ms for the members taken (provisional: the drain moves it to each
@@ -24,20 +43,22 @@
 -- ARGV[8]  the most due schedules to take
 -- ARGV[9]  the hash of this process's code-declared schedules ("" when it declares none)
 -- ARGV[10] delayed-kick horizon in ms (0: off): report the earliest due time (a schedule's tick,
---          a delayed job or a retry) when it falls within now + horizon and no kick was
---          published for it yet
--- ARGV[11 ..] pairs: queue name, the most this queue may give (its free share of the drain's
---          slots), one pair per 12-key group
+--          a delayed job, a retry, a gated queue's reopening) when it falls within now + horizon
+--          and no kick was published for it yet
+-- ARGV[11] the types' limits: "tt=spec;tt=spec" (spec: c=N,r=L/P/B,gc=N,gr=L/P/B,fair=1), or ""
+-- ARGV[12 ..] pairs: queue name, the most this queue may give (its free share of the drain's
+--          slots), one pair per 17-key group
 --
--- Returns {flags, known_queues, {due schedule ids}, kick_at_ms or false, q1, {members...},
---          {recovered...}, q2, ...}
+-- Returns {flags, known_queues, {due schedule ids}, kick_at_ms or false,
+--          q1, {members...}, {recovered...}, gated_until_ms or false, q2, ...}
 --   flags: "E" when the epoch marker is missing (then nothing is taken), "R" when a periodic
 --   reconcile is due, "S" when a dispatch sweep is due, "Y" when the code's schedules differ from
---   those last synced.
--- Recovered members are expired leases (token stripped); members are fresh pops.
--- Commands: 7 fixed (EXISTS, GET x3, ZRANGEBYSCORE, SMEMBERS x2; +1 ZADD when schedules are due,
--- +1 ZRANGE and +1 GET with a horizon) + per queue 2 (ZRANGEBYSCORE x2; +1 ZRANGE with a horizon)
--- + promotions + pops + 1 ZADD when any taken.
+--   those last synced. gated_until: the queue had work it could not take for its limits; the
+--   earliest time that may change (9e15: when a slot frees).
+-- Commands: 7 fixed (+1 ZADD when schedules are due, +1 ZRANGEBYSCORE and +1 GET with a horizon)
+-- + per queue 3 (ZRANGEBYSCORE x2, HGETALL) + promotions + pops + 1 ZADD when any taken; a queue
+-- with limits or grouped members adds a few per claim (HMGET x2, HSET x2, ZMSCORE, parking),
+-- not per job.
 
 local now = tonumber(ARGV[1])
 local limit = tonumber(ARGV[2])
@@ -49,11 +70,14 @@ local sched_lease = tonumber(ARGV[7])
 local sched_max = tonumber(ARGV[8])
 local code_hash = ARGV[9]
 local horizon = tonumber(ARGV[10])
+local BLOCKED = 9e15
+local UNPARK_KEYS = 50
 
 local flags = ""
 if redis.call("EXISTS", KEYS[3]) == 0 then
   -- Redis lost its data (or was never indexed): pop nothing until reconcile has rebuilt the
-  -- index from Postgres, so nothing taken now is pushed a second time by that rebuild.
+  -- index from Postgres (the limiters' counts included), so nothing taken now is pushed a second
+  -- time by that rebuild and no limit is exceeded for want of its counts.
   return {"E", redis.call("SMEMBERS", KEYS[1]), {}, false}
 end
 -- The marker holds the next due time in the caller's clock (not a PX expiry), so the interval
@@ -82,9 +106,12 @@ end
 -- The earliest schedule tick still to come (read before the due ones are leased: their real next
 -- tick is known once the drain has fired them, and the claim that follows looks again).
 local next_due = nil
+local function soonest(t)
+  if t ~= nil and t > now and t < BLOCKED and (next_due == nil or t < next_due) then next_due = t end
+end
 if horizon > 0 then
   local head = redis.call("ZRANGEBYSCORE", KEYS[6], "(" .. now, "+inf", "WITHSCORES", "LIMIT", 0, 1)
-  if #head > 0 then next_due = tonumber(head[2]) end
+  if #head > 0 then soonest(tonumber(head[2])) end
 end
 -- Due schedules: taken out of sight for a short lease; Postgres decides whether each fires.
 local due_schedules = redis.call("ZRANGEBYSCORE", KEYS[6], "-inf", now, "LIMIT", 0, sched_max)
@@ -96,17 +123,71 @@ if #due_schedules > 0 then
   redis.call("ZADD", KEYS[6], "XX", unpack(lease))
 end
 
+-- --- limits -------------------------------------------------------------------------------
+
+local function parse_rate(s)
+  -- "limit/period_ms/burst" -> GCRA's emission interval T and tolerance tau: at most `limit`
+  -- starts per period on average, `burst` at once, and never more than limit + burst in any
+  -- window of one period.
+  if s == nil or s == "" then return nil end
+  local l, p, b = string.match(s, "^([%d.]+)/([%d.]+)/([%d.]+)$")
+  l, p, b = tonumber(l), tonumber(p), tonumber(b)
+  if l == nil or l <= 0 or p == nil or p <= 0 then return nil end
+  local T = p / l
+  return {T = T, tau = (math.max(b or 1, 1) - 1) * T}
+end
+
+local function parse_spec(spec)
+  local out = {}
+  for k, v in string.gmatch(spec, "([%a]+)=([^,]+)") do out[k] = v end
+  return {c = tonumber(out.c), r = parse_rate(out.r), gc = tonumber(out.gc), gr = parse_rate(out.gr),
+          fair = out.fair == "1"}
+end
+
+local types = {}
+local any_type_limits = false
+for tt, spec in string.gmatch(ARGV[11], "([^=;]+)=([^;]*)") do
+  types[tt] = parse_spec(spec)
+  any_type_limits = true
+end
+
+local function suffix(m)
+  local tt, gh = string.match(m, "^%d+:%d+:%d+:([^:]*):([^:]*)$")
+  return tt, gh
+end
+
+local function scopes_of(m)
+  local tt, gh = suffix(m)
+  if tt == nil then return nil end
+  local s = {}
+  if tt ~= "" then table.insert(s, "t:" .. tt) end
+  if gh ~= "" then table.insert(s, "g:" .. gh) end
+  if tt ~= "" and gh ~= "" then table.insert(s, "t:" .. tt .. ":g:" .. gh) end
+  return s, tt, gh
+end
+
+-- GCRA: how many starts are admissible now given a scope's TAT, and the TAT to start from.
+local function room(tat, rate)
+  local t = math.max(tat or 0, now)
+  local n = math.floor((rate.tau - (t - now)) / rate.T) + 1
+  if n < 0 then n = 0 end
+  return n, t
+end
+
 local paused = {}
 for _, q in ipairs(redis.call("SMEMBERS", KEYS[2])) do paused[q] = true end
 local out = {flags, redis.call("SMEMBERS", KEYS[1]), due_schedules, false}
 
-local nqueues = (#ARGV - 10) / 2
+local nqueues = (#ARGV - 11) / 2
 for i = 0, nqueues - 1 do
-  local queue = ARGV[11 + 2 * i]
-  local qlimit = math.min(tonumber(ARGV[12 + 2 * i]), limit)
-  local base = 9 + 12 * i
+  local queue = ARGV[12 + 2 * i]
+  local qlimit = math.min(tonumber(ARGV[13 + 2 * i]), limit)
+  local base = 9 + 17 * i
+  local delayed, processing = KEYS[base], KEYS[base + 1]
+  local K_limits, K_inflight, K_tat = KEYS[base + 2], KEYS[base + 3], KEYS[base + 4]
+  local K_parked, K_parked_keys = KEYS[base + 5], KEYS[base + 6]
+  local taken, recovered, gated = {}, {}, false
   if not paused[queue] then
-    local delayed, processing = KEYS[base], KEYS[base + 1]
     -- Promote due delayed members: they have waited, so they go to the popping end (RPUSH).
     local due = redis.call("ZRANGEBYSCORE", delayed, "-inf", now, "LIMIT", 0, 1000)
     if #due > 0 then
@@ -118,13 +199,12 @@ for i = 0, nqueues - 1 do
         table.insert(byp[p], m)
       end
       for p, ms in pairs(byp) do
-        redis.call("RPUSH", KEYS[base + 2 + (9 - p)], unpack(ms))
+        redis.call("RPUSH", KEYS[base + 7 + (9 - p)], unpack(ms))
       end
     end
     -- Recover expired leases: the worker that held them is gone or late (Postgres decides: a
-    -- lease still valid there is handed back to its holder by the caller). Promotion above runs
-    -- whatever the limit, so due jobs reach their lists even while this queue has no room.
-    local recovered = {}
+    -- lease still valid there is handed back to its holder by the caller). A recovered job keeps
+    -- its slot in its scopes (it never left them); it counts as a start for the queue's rate.
     local expired = {}
     if qlimit > 0 then
       expired = redis.call("ZRANGEBYSCORE", processing, "-inf", now, "LIMIT", 0, qlimit)
@@ -137,18 +217,264 @@ for i = 0, nqueues - 1 do
       end
       qlimit = qlimit - #expired
     end
-    -- Pop across priorities: LMPOP takes up to COUNT from the first non-empty list only.
-    local taken = {}
-    -- (Lua expands unpack() only as the last argument, so the call's arguments are built whole.)
-    local lmpop = {"LMPOP", 10}
-    for p = 0, 9 do lmpop[3 + p] = KEYS[base + 2 + p] end
-    lmpop[13] = "RIGHT"; lmpop[14] = "COUNT"
-    while qlimit > 0 do
-      lmpop[15] = qlimit
-      local r = redis.call(unpack(lmpop))
-      if not r then break end
-      for _, m in ipairs(r[2]) do table.insert(taken, m) end
-      qlimit = qlimit - #r[2]
+
+    local lim = {}
+    local raw = redis.call("HGETALL", K_limits)
+    for j = 1, #raw, 2 do lim[raw[j]] = raw[j + 1] end
+    local qconc, qrate = tonumber(lim.c), parse_rate(lim.r)
+    local gconc, grate = tonumber(lim.gc), parse_rate(lim.gr)
+    local aging = tonumber(lim.aging)
+    local limited = qconc or qrate or gconc or grate or any_type_limits or lim.p
+
+    -- The queue's own limits bound the budget before anything is popped: nothing is taken only
+    -- to be put back.
+    local budget = qlimit
+    local qtat = nil
+    local hold = tonumber(lim.hold)
+    if hold and hold > now then
+      -- A handler said "slow down" (RateLimited) for a job of no scope: the queue waits.
+      budget = 0
+      gated = hold
+    end
+    if qconc then
+      local live = redis.call("ZCOUNT", processing, "(" .. now, "+inf") + #recovered
+      if qconc - live < budget then
+        budget = qconc - live
+        if budget <= 0 then gated = BLOCKED end
+      end
+    end
+    if qrate then
+      local raw_tat = redis.call("HGET", K_tat, "q")
+      local n, t = room(tonumber(raw_tat), qrate)
+      qtat = t + #recovered * qrate.T
+      n = n - #recovered
+      if n < budget then
+        budget = n
+        if budget <= 0 then
+          local reopen = qtat - qrate.tau
+          if not gated or reopen < gated then gated = reopen end
+        end
+      end
+    end
+
+    -- Counts and TATs of the scopes this claim touches, read once (HMGET) and written once.
+    local inflight, tats, parked_at = {}, {}, {}
+    local dirty_inflight, dirty_tat = {}, {}
+    local function load(scopes)
+      local need = {}
+      for s, _ in pairs(scopes) do
+        if inflight[s] == nil then table.insert(need, s) end
+      end
+      if #need == 0 then return end
+      local counts = redis.call("HMGET", K_inflight, unpack(need))
+      local times = redis.call("HMGET", K_tat, unpack(need))
+      local waits = redis.call("ZMSCORE", K_parked_keys, unpack(need))
+      for j, s in ipairs(need) do
+        inflight[s] = tonumber(counts[j]) or 0
+        tats[s] = tonumber(times[j])
+        parked_at[s] = waits[j] and tonumber(waits[j]) or nil
+      end
+    end
+    local function limits_of(s)
+      local tt, rest = string.match(s, "^t:([^:]+)(.*)$")
+      if tt then
+        local ty = types[tt] or {}
+        if rest == "" then return ty.c, ty.r end
+        return ty.gc, ty.gr
+      end
+      return gconc, grate
+    end
+
+    local admitted = 0
+    local park_members, park_keys = {}, {}
+    local function park(s, m, eligible)
+      table.insert(park_members, 0); table.insert(park_members, s .. "|" .. m)
+      if parked_at[s] == nil or eligible < parked_at[s] then
+        parked_at[s] = eligible
+        park_keys[s] = eligible
+      end
+    end
+    -- Admit a member (from the ready lists, or `from` the parked scope it waited in) or park it.
+    local function consider(m, from)
+      local scopes, tt = scopes_of(m)
+      if scopes == nil then
+        admitted = admitted + 1
+        table.insert(taken, m)
+        return true
+      end
+      if from == nil and tt ~= "" and types[tt] and types[tt].fair and #scopes > 1 then
+        park(scopes[#scopes], m, now)  -- a fair type's members queue per group, served in turns
+        return false
+      end
+      for _, s in ipairs(scopes) do
+        if s ~= from and parked_at[s] ~= nil then
+          park(s, m, parked_at[s])  -- behind the members already waiting there: FIFO per scope
+          return false
+        end
+        local c, r = limits_of(s)
+        if c and inflight[s] >= c then
+          park(s, m, BLOCKED)
+          return false
+        end
+        if r and room(tats[s], r) < 1 then
+          local _, t = room(tats[s], r)
+          park(s, m, t - r.tau)
+          return false
+        end
+      end
+      for _, s in ipairs(scopes) do
+        inflight[s] = inflight[s] + 1
+        dirty_inflight[s] = true
+        local _, r = limits_of(s)
+        if r then
+          local _, t = room(tats[s], r)
+          tats[s] = t + r.T
+          dirty_tat[s] = true
+        end
+      end
+      admitted = admitted + 1
+      table.insert(taken, m)
+      return true
+    end
+
+    -- Parked members first (they are older): the scopes whose wait is over, least recently
+    -- served first, each up to what its limits allow now; fair scopes in turns, a share each.
+    local served = {}
+    local function unpark()
+      if not limited or admitted >= budget then return end
+      local ready_keys = redis.call("ZRANGEBYSCORE", K_parked_keys, "-inf", now, "LIMIT", 0, UNPARK_KEYS)
+      if #ready_keys == 0 then return end
+      local want = {}
+      for _, s in ipairs(ready_keys) do want[s] = true end
+      load(want)
+      local unparked, rescore, gone = {}, {}, {}
+      local offset = {}  -- members of a scope taken in this pass (removed only at its end)
+      local open = ready_keys
+      while #open > 0 and admitted < budget do
+        local quantum = math.max(1, math.floor((budget - admitted) / #open))
+        local still = {}
+        for _, s in ipairs(open) do
+          if admitted >= budget then break end
+          local take = math.min(quantum, budget - admitted)
+          local members = redis.call(
+            "ZRANGEBYLEX", K_parked, "[" .. s .. "|", "[" .. s .. "|\255", "LIMIT", offset[s] or 0, take)
+          local sc = {}
+          for _, pm in ipairs(members) do
+            for _, x in ipairs(scopes_of(string.sub(pm, #s + 2)) or {}) do sc[x] = true end
+          end
+          load(sc)
+          parked_at[s] = nil  -- being served: its own members are not parked behind it
+          served[s] = true
+          local blocked = false
+          for _, pm in ipairs(members) do
+            table.insert(unparked, pm)  -- it leaves here either way: admitted, or parked again
+            offset[s] = (offset[s] or 0) + 1
+            if not consider(string.sub(pm, #s + 2), s) then
+              blocked = true
+              break
+            end
+          end
+          if not blocked and #members == take then
+            table.insert(still, s)  -- may hold more: another turn if the budget allows
+          elseif not blocked then
+            gone[s] = true  -- nothing left waiting under it
+          end
+        end
+        open = still
+      end
+      for s, _ in pairs(offset) do
+        if park_keys[s] == nil and not gone[s] then
+          -- Served for now, with members left: eligible again, behind the scopes not yet served.
+          table.insert(rescore, now); table.insert(rescore, s)
+          parked_at[s] = now
+        end
+      end
+      local gone_list = {}
+      for s, _ in pairs(gone) do
+        if park_keys[s] == nil then table.insert(gone_list, s) end
+      end
+      if #unparked > 0 then redis.call("ZREM", K_parked, unpack(unparked)) end
+      if #rescore > 0 then redis.call("ZADD", K_parked_keys, unpack(rescore)) end
+      if #gone_list > 0 then redis.call("ZREM", K_parked_keys, unpack(gone_list)) end
+    end
+
+    if budget > 0 then
+      unpark()
+      -- Then the ready lists, highest (or, with aging, effectively highest) priority first.
+      local scanned = 0
+      while admitted < budget and scanned < 4 * math.max(budget, 1) do
+        local want = budget - admitted
+        local r
+        if aging and aging > 0 then
+          -- Aging: a member gains a priority level per `aging` ms waited (members carry their
+          -- enqueue time); pop from the list whose oldest member is effectively highest.
+          local best, best_eff, best_ms = nil, -1, nil
+          for p = 9, 0, -1 do
+            local head = redis.call("LINDEX", KEYS[base + 7 + (9 - p)], -1)
+            if head then
+              local ms = tonumber(string.match(head, "^%d+:(%d+):"))
+              local eff = math.min(9, p + math.floor((now - ms) / aging))
+              if eff > best_eff or (eff == best_eff and ms < best_ms) then
+                best, best_eff, best_ms = p, eff, ms
+              end
+            end
+          end
+          if best == nil then break end
+          local popped = redis.call("RPOP", KEYS[base + 7 + (9 - best)], want)
+          r = popped and {KEYS[base + 7 + (9 - best)], popped} or nil
+        else
+          -- LMPOP takes up to COUNT from the first non-empty list only. (Lua expands unpack()
+          -- only as the last argument, so the call's arguments are built whole.)
+          local lmpop = {"LMPOP", 10}
+          for p = 0, 9 do lmpop[3 + p] = KEYS[base + 7 + p] end
+          lmpop[13] = "RIGHT"; lmpop[14] = "COUNT"; lmpop[15] = want
+          r = redis.call(unpack(lmpop))
+        end
+        if not r then break end
+        scanned = scanned + #r[2]
+        local sc = {}
+        for _, m in ipairs(r[2]) do
+          for _, s in ipairs(scopes_of(m) or {}) do sc[s] = true end
+        end
+        load(sc)  -- no Redis call unless grouped or limited members were popped
+        for _, m in ipairs(r[2]) do consider(m, nil) end
+      end
+      unpark()  -- a fair type's members parked just now get their turns too
+    end
+
+    -- Write back what changed: counts, TATs, parked members and scopes, the lease of each taken.
+    local hs = {}
+    for s, _ in pairs(dirty_inflight) do table.insert(hs, s); table.insert(hs, inflight[s]) end
+    if #hs > 0 then redis.call("HSET", K_inflight, unpack(hs)) end
+    local ts = {}
+    for s, _ in pairs(dirty_tat) do table.insert(ts, s); table.insert(ts, tats[s]) end
+    if qtat and qrate then
+      table.insert(ts, "q"); table.insert(ts, qtat + math.max(0, admitted) * qrate.T)
+    end
+    if #ts > 0 then redis.call("HSET", K_tat, unpack(ts)) end
+    if #park_members > 0 then
+      redis.call("ZADD", K_parked, unpack(park_members))
+      local lower, set = {}, {}
+      for s, at in pairs(park_keys) do
+        -- A scope being served gets its new time as is; another keeps its earlier one (LT).
+        local into = served[s] ~= nil and set or lower
+        table.insert(into, at); table.insert(into, s)
+      end
+      if #lower > 0 then redis.call("ZADD", K_parked_keys, "LT", unpack(lower)) end
+      if #set > 0 then redis.call("ZADD", K_parked_keys, unpack(set)) end
+      redis.call("HSET", K_limits, "p", 1)
+    elseif lim.p and redis.call("ZCARD", K_parked_keys) == 0 then
+      redis.call("HDEL", K_limits, "p")
+      lim.p = nil
+    end
+    if (lim.p or #park_members > 0) and admitted < budget then
+      -- Gated: work waits on a limit while there was room. The earliest a parked scope may
+      -- open (BLOCKED: when a slot frees).
+      local head = redis.call("ZRANGEBYSCORE", K_parked_keys, "(" .. now, "+inf", "WITHSCORES", "LIMIT", 0, 1)
+      if #head > 0 then
+        local at = tonumber(head[2])
+        if not gated or at < gated then gated = at end
+      end
     end
     limit = limit - #taken - #recovered
     if #taken + #recovered > 0 then
@@ -163,15 +489,17 @@ for i = 0, nqueues - 1 do
     end
     if horizon > 0 then
       local head = redis.call("ZRANGE", delayed, 0, 0, "WITHSCORES")
-      if #head > 0 and (next_due == nil or tonumber(head[2]) < next_due) then next_due = tonumber(head[2]) end
+      if #head > 0 then soonest(tonumber(head[2])) end
+      if gated then soonest(gated) end
     end
     table.insert(out, queue)
     table.insert(out, taken)
     table.insert(out, recovered)
+    table.insert(out, gated)
   end
 end
 -- One delayed kick per due time: only when it comes before the next regular tick would.
-if next_due ~= nil and next_due > now and next_due <= now + horizon then
+if next_due ~= nil and next_due <= now + horizon then
   if tonumber(redis.call("GET", KEYS[8]) or "0") ~= next_due then
     redis.call("SET", KEYS[8], next_due, "PX", horizon + 60000)
     out[4] = next_due

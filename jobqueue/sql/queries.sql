@@ -29,19 +29,26 @@ INSERT INTO jobqueue_migrations (version, name) VALUES ($1, $2);
 -- Insert many jobs in one statement from one JSON array ($1, text), in array order ("n"); a
 -- repeated (queue, idempotency_key) inserts nothing. Times are microseconds since the epoch.
 -- $2 dispatched: false for jobs enqueued inside an application's transaction (pushed after it).
+-- An option the document leaves null takes the queue's default (queues.settings.defaults), else
+-- the engine's ($3 max_attempts, $4 timeout_ms, $5 backoff); the row's values are returned.
 INSERT INTO jobs (queue, type, payload, status, priority, max_attempts, backoff, timeout_ms,
-                  idempotency_key, run_at, created_at, dispatched)
-SELECT x.queue, x.type, x.payload, x.status, x.priority, x.max_attempts, x.backoff, x.timeout_ms,
+                  idempotency_key, run_at, created_at, dispatched, group_key, limiter)
+SELECT x.queue, x.type, x.payload, x.status, x.priority,
+       COALESCE(x.max_attempts, (q.settings #>> '{defaults,max_attempts}')::int, $3::int),
+       COALESCE(x.backoff, q.settings #> '{defaults,backoff}', $5::text::jsonb),
+       COALESCE(x.timeout_ms, (q.settings #>> '{defaults,timeout_ms}')::int, $4::int),
        x.idempotency_key,
        'epoch'::timestamptz + x.run_at_us * interval '1 microsecond',
        'epoch'::timestamptz + x.created_us * interval '1 microsecond',
-       $2::boolean
+       $2::boolean, x.group_key, x.limiter
 FROM jsonb_to_recordset($1::text::jsonb)
     AS x(n int, queue text, type text, payload jsonb, status text, priority smallint, max_attempts int,
-         backoff jsonb, timeout_ms int, idempotency_key text, run_at_us bigint, created_us bigint)
+         backoff jsonb, timeout_ms int, idempotency_key text, run_at_us bigint, created_us bigint,
+         group_key text, limiter text)
+LEFT JOIN queues q ON q.name = x.queue
 ORDER BY x.n
 ON CONFLICT (queue, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-RETURNING id, queue, idempotency_key;
+RETURNING id, queue, idempotency_key, max_attempts, timeout_ms, backoff::text AS backoff_text;
 
 -- name: jobs_by_keys
 -- The existing jobs for (queue, idempotency_key) pairs, for enqueues that hit a known key.
@@ -156,7 +163,8 @@ RETURNING j.id, j.lease_expires_at;
 -- name: finish
 -- Record a group of outcomes in one statement; only each lease's holder (its token in $8) may write.
 -- $9 now, $10 now as ISO-8601 UTC text (history times do not depend on the session's TimeZone).
--- outcome "released" (claimed, never started) gives the attempt back and drops its history entry.
+-- outcome "released" (claimed, never started) gives the attempt back and drops its history entry;
+-- "rate_limited" (the handler said slow down) gives the attempt back and keeps its entry.
 WITH o AS (
     SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
                          $6::text[], $7::int[], $8::text[])
@@ -165,9 +173,10 @@ WITH o AS (
 UPDATE jobs j SET
     status = o.status,
     result = CASE WHEN o.status = 'completed' THEN o.result::jsonb ELSE j.result END,
-    error = CASE WHEN o.outcome = 'released' THEN j.error WHEN o.status = 'completed' THEN NULL ELSE o.error END,
+    error = CASE WHEN o.outcome IN ('released', 'rate_limited') THEN j.error WHEN o.status = 'completed' THEN NULL
+                 ELSE o.error END,
     run_at = COALESCE(o.run_at, j.run_at),
-    attempts = CASE WHEN o.outcome = 'released' THEN j.attempts - 1 ELSE j.attempts END,
+    attempts = CASE WHEN o.outcome IN ('released', 'rate_limited') THEN j.attempts - 1 ELSE j.attempts END,
     started_at = CASE WHEN o.outcome = 'released' AND j.attempts = 1 THEN NULL ELSE j.started_at END,
     finished_at = CASE WHEN o.status IN ('completed', 'failed') THEN $9::timestamptz ELSE NULL END,
     lease_token = NULL,
@@ -222,18 +231,18 @@ DELETE FROM jobs WHERE id IN (
 -- never both do. Returns what reconcile's push needs.
 UPDATE jobs SET dispatched = true
 WHERE id = ANY($1::bigint[]) AND NOT dispatched
-RETURNING id, queue, priority, status, created_at, run_at, lease_expires_at;
+RETURNING id, queue, priority, status, created_at, run_at, lease_expires_at, limiter;
 
 -- name: dispatch_sweep
 -- The dispatch sweep: up to $1 committed jobs that were never pushed (their process died between
 -- the application's commit and the push, or the application managed its transaction itself).
 UPDATE jobs SET dispatched = true
 WHERE id IN (SELECT id FROM jobs WHERE NOT dispatched ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
-RETURNING id, queue, priority, status, created_at, run_at, lease_expires_at;
+RETURNING id, queue, priority, status, created_at, run_at, lease_expires_at, limiter;
 
 -- name: active_jobs
 -- Unfinished jobs for reconcile (all queues when $1 is null), keyset-paged on id.
-SELECT id, queue, priority, status, created_at, run_at, lease_expires_at FROM jobs
+SELECT id, queue, priority, status, created_at, run_at, lease_expires_at, limiter FROM jobs
 WHERE status IN ('pending', 'scheduled', 'processing') AND ($1::text IS NULL OR queue = $1) AND id > $2
 ORDER BY id LIMIT $3;
 
@@ -259,8 +268,21 @@ INSERT INTO queues (name, paused, updated_at) VALUES ($1, $2, $3)
 ON CONFLICT (name) DO UPDATE SET paused = EXCLUDED.paused, updated_at = EXCLUDED.updated_at;
 
 -- name: queues
--- Every queue with its pause flag.
-SELECT name, paused FROM queues ORDER BY name;
+-- Every queue with a row (paused once, or with settings): its pause flag and settings.
+SELECT name, paused, settings FROM queues ORDER BY name;
+
+-- name: queue_settings_put
+-- Replace a queue's settings ($2, JSON without nulls), keeping its pause flag. Returns the row.
+INSERT INTO queues (name, paused, updated_at, settings) VALUES ($1, false, $3, $2::text::jsonb)
+ON CONFLICT (name) DO UPDATE SET settings = EXCLUDED.settings, updated_at = EXCLUDED.updated_at
+RETURNING name, paused, settings;
+
+-- name: recent_starts
+-- Starts per queue and flow-control suffix since $1 (jobs.started_at: a job's first start), and
+-- the latest: after Redis lost its limiters, the rates' state is rebuilt from these.
+SELECT queue, COALESCE(limiter, '') AS limiter, count(*)::bigint AS n
+FROM jobs WHERE started_at > $1 AND queue = ANY($2::text[])
+GROUP BY queue, limiter;
 
 -- name: metrics_counts
 -- Per queue: unfinished counts (jobs_active), failed and cancelled counts (jobs_dead), the earliest
@@ -443,23 +465,24 @@ moved AS (
 ),
 ins AS (
     INSERT INTO jobs (queue, type, payload, status, priority, max_attempts, backoff, timeout_ms, run_at,
-                      created_at, schedule_id, scheduled_for)
+                      created_at, schedule_id, scheduled_for, group_key, limiter)
     SELECT x.queue, x.type, x.payload, 'pending', x.priority, x.max_attempts, x.backoff, x.timeout_ms, $6, $6,
-           x.schedule_id, 'epoch'::timestamptz + x.tick_us * interval '1 microsecond'
+           x.schedule_id, 'epoch'::timestamptz + x.tick_us * interval '1 microsecond', x.group_key, x.limiter
     FROM jsonb_to_recordset($5::text::jsonb) AS x(n int, schedule_id text, tick_us bigint, queue text, type text,
-         payload jsonb, priority smallint, max_attempts int, backoff jsonb, timeout_ms int)
+         payload jsonb, priority smallint, max_attempts int, backoff jsonb, timeout_ms int, group_key text,
+         limiter text)
     JOIN moved m ON m.id = x.schedule_id
     WHERE m.overlap = 'allow'
        OR NOT EXISTS (SELECT 1 FROM jobs j WHERE j.schedule_id = m.id AND j.status IN ('pending', 'scheduled', 'processing'))
     ORDER BY x.n
     ON CONFLICT (schedule_id, scheduled_for) WHERE schedule_id IS NOT NULL DO NOTHING
-    RETURNING id, queue, priority, status, created_at, run_at, schedule_id, scheduled_for
+    RETURNING id, queue, priority, status, created_at, run_at, schedule_id, scheduled_for, limiter
 )
 SELECT 'job' AS kind, id, queue, priority, status, created_at, run_at, schedule_id, scheduled_for,
-       NULL::timestamptz AS next_run_at
+       NULL::timestamptz AS next_run_at, limiter
 FROM ins
 UNION ALL
-SELECT 'moved', NULL, NULL, NULL, NULL, NULL, NULL, id, NULL, next_run_at FROM moved;
+SELECT 'moved', NULL, NULL, NULL, NULL, NULL, NULL, id, NULL, next_run_at, NULL FROM moved;
 
 -- name: schedule_get
 -- One schedule with its last job (by id: the latest a tick or a trigger made).
@@ -489,11 +512,11 @@ UPDATE schedules SET paused = $2, updated_at = $3 WHERE id = $1 RETURNING id, pa
 -- its ticks: the watermark does not move, and the job stands for no tick (scheduled_for NULL, so
 -- it never takes a tick's place in the unique index). Returns the job.
 INSERT INTO jobs (queue, type, payload, status, priority, max_attempts, backoff, timeout_ms, run_at, created_at,
-                  schedule_id)
+                  schedule_id, group_key, limiter)
 SELECT x.queue, x.type, x.payload, 'pending', x.priority, x.max_attempts, x.backoff, x.timeout_ms, $2, $2,
-       x.schedule_id
+       x.schedule_id, x.group_key, x.limiter
 FROM jsonb_to_record($1::text::jsonb) AS x(schedule_id text, queue text, type text, payload jsonb,
-     priority smallint, max_attempts int, backoff jsonb, timeout_ms int)
+     priority smallint, max_attempts int, backoff jsonb, timeout_ms int, group_key text, limiter text)
 RETURNING *;
 
 -- name: schedules_due_index

@@ -307,9 +307,7 @@ class DelayedKicks:
         self.at.append(at_ms)
 
 
-async def test_one_delayed_kick_per_due_time_before_the_next_regular_tick(
-    make_jq: Any, clock: FakeClock
-) -> None:
+async def test_one_delayed_kick_per_due_time_before_the_next_regular_tick(make_jq: Any, clock: FakeClock) -> None:
     jq: JobQueue = make_jq(JOBQUEUE_TICK_INTERVAL_S=60)
     kicks = DelayedKicks()
     jq.kicker = kicks

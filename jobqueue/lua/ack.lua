@@ -1,0 +1,137 @@
+-- ack.lua: the Redis side of recorded outcomes (and of what a grant refused), one request for a
+-- whole group. Per queue: remove leases, put retries into `delayed`, release jobs to the front of
+-- their ready lists, hand leases back to the drain that holds them, and park the jobs whose
+-- handler said "slow down" (RateLimited) with their scope held until a time. It keeps the
+-- flow-control counts exact: a lease that really leaves the processing set (ZMSCORE first: an
+-- acknowledgement replayed, or of a lease already taken over, changes nothing) frees its slot in
+-- each of its scopes, and wakes those scopes if jobs wait on them for a slot (see claim.lua).
+--
+-- KEYS: per queue i (0-based), 16 keys at 1 + 16*i: processing ZSET, delayed ZSET, inflight HASH,
+--   parked ZSET, parked_keys ZSET, limits HASH, ready lists for priority 9 down to 0.
+-- ARGV[1]  now in ms; then per queue, five counted sections:
+--   n, then n lease members to remove ("member|token")
+--   n, then n pairs (due ms, member) to retry
+--   n, then n members to release (to the popping end of their priority's list, in the order given:
+--      the caller sends the oldest last)
+--   n, then n pairs (deadline ms, lease member) to hand back to their holder
+--   n, then n pairs (until ms, member) to park, their scope (or the whole queue) held until then
+-- Returns the number of leases removed. Commands: 1 ZMSCORE + 1 ZREM for the removals, 1 per
+-- section used, 1 HINCRBY per scope whose count changed and 1 ZADD to wake them.
+
+local now = tonumber(ARGV[1])
+local a = 2
+local removed = 0
+
+local function scopes_of(m)
+  local tt, gh = string.match(m, "^%d+:%d+:%d+:([^:]*):([^:]*)$")
+  if tt == nil then return nil end
+  local s = {}
+  if tt ~= "" then table.insert(s, "t:" .. tt) end
+  if gh ~= "" then table.insert(s, "g:" .. gh) end
+  if tt ~= "" and gh ~= "" then table.insert(s, "t:" .. tt .. ":g:" .. gh) end
+  return s
+end
+
+local function member_of(lease)
+  return string.match(lease, "^([^|]+)")
+end
+
+-- The next counted section of ARGV: its count, then that many items.
+local function section(width)
+  local n = tonumber(ARGV[a]); a = a + 1
+  local items = {}
+  for j = 1, n * width do items[j] = ARGV[a]; a = a + 1 end
+  return items
+end
+
+for b = 1, #KEYS, 16 do
+  local processing, delayed, inflight = KEYS[b], KEYS[b + 1], KEYS[b + 2]
+  local parked, parked_keys, limits = KEYS[b + 3], KEYS[b + 4], KEYS[b + 5]
+  local delta = {}
+
+  -- Leases that end: only those still in the set free their slots.
+  local leases = section(1)
+  if #leases > 0 then
+    local scores = redis.call("ZMSCORE", processing, unpack(leases))
+    local present = {}
+    for j, lease in ipairs(leases) do
+      if scores[j] then
+        table.insert(present, lease)
+        for _, s in ipairs(scopes_of(member_of(lease)) or {}) do delta[s] = (delta[s] or 0) - 1 end
+      end
+    end
+    if #present > 0 then
+      removed = removed + redis.call("ZREM", processing, unpack(present))
+    end
+  end
+
+  local retries = section(2)
+  if #retries > 0 then redis.call("ZADD", delayed, unpack(retries)) end
+
+  -- Released (claimed, never started): back to the popping end of their priority's list.
+  local releases = section(1)
+  local byp = {}
+  for _, m in ipairs(releases) do
+    local p = 999999 - tonumber(string.sub(m, 1, 6))
+    if byp[p] == nil then byp[p] = {} end
+    table.insert(byp[p], m)
+  end
+  for p, ms in pairs(byp) do redis.call("RPUSH", KEYS[b + 6 + (9 - p)], unpack(ms)) end
+
+  -- Hand a lease back to the drain that holds it; an entry that comes back takes its slots again.
+  local handbacks = section(2)
+  if #handbacks > 0 then
+    local back = {}
+    for j = 2, #handbacks, 2 do table.insert(back, handbacks[j]) end
+    local scores = redis.call("ZMSCORE", processing, unpack(back))
+    local add = {}
+    for j, lease in ipairs(back) do
+      if not scores[j] then
+        table.insert(add, handbacks[2 * j - 1]); table.insert(add, lease)
+        for _, s in ipairs(scopes_of(member_of(lease)) or {}) do delta[s] = (delta[s] or 0) + 1 end
+      end
+    end
+    if #add > 0 then redis.call("ZADD", processing, unpack(add)) end
+  end
+
+  -- RateLimited: the job waits in its most specific scope, held until `until`; a job with no
+  -- scope holds its whole queue.
+  local parks = section(2)
+  if #parks > 0 then
+    local members, keys = {}, {}
+    local hold = nil
+    for j = 1, #parks, 2 do
+      local until_ms, m = tonumber(parks[j]), parks[j + 1]
+      local scopes = scopes_of(m)
+      if scopes then
+        local s = scopes[#scopes]
+        table.insert(members, 0); table.insert(members, s .. "|" .. m)
+        table.insert(keys, until_ms); table.insert(keys, s)
+      else
+        hold = math.max(hold or 0, until_ms)
+        redis.call("RPUSH", KEYS[b + 6 + (9 - (999999 - tonumber(string.sub(m, 1, 6))))], m)
+      end
+    end
+    if #members > 0 then
+      redis.call("ZADD", parked, unpack(members))
+      redis.call("ZADD", parked_keys, "GT", unpack(keys))
+      redis.call("HSET", limits, "p", 1)
+    end
+    if hold then
+      local old = tonumber(redis.call("HGET", limits, "hold") or "0")
+      if hold > old then redis.call("HSET", limits, "hold", hold) end
+    end
+  end
+
+  -- The counts, and the scopes whose jobs wait for a slot: due now (ZADD XX LT).
+  local woken = {}
+  for s, d in pairs(delta) do
+    if d ~= 0 then
+      local v = redis.call("HINCRBY", inflight, s, d)
+      if v <= 0 then redis.call("HDEL", inflight, s) end
+      if d < 0 then table.insert(woken, now); table.insert(woken, s) end
+    end
+  end
+  if #woken > 0 then redis.call("ZADD", parked_keys, "XX", "LT", unpack(woken)) end
+end
+return removed
