@@ -232,7 +232,7 @@ def attempts_of(view: JobView) -> list[dict[str, Any]]:
     """The history for display: attempts with their duration, and the replays between them."""
     out = []
     for entry in view.history:
-        item = dict(entry)
+        item = entry.model_dump()  # only the entry's own fields (HistoryEntry)
         if "requeued_at" not in item:
             seconds = item.get("duration_ms")
             if seconds is not None:

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from jobqueue.errors import Unavailable
-from jobqueue.models import JobView
+from jobqueue.models import JobView, field_error
 
 from .auth import require_api_token
 from .deps import (
@@ -61,10 +61,12 @@ class ReplayRequest(BaseModel):
 
     @model_validator(mode="after")
     def _ids_or_filter(self) -> ReplayRequest:
+        # Each refusal names a field (a plain ValueError here would name only the body).
         if self.ids is not None and (self.queue is not None or self.type is not None):
-            raise ValueError("give ids or a queue/type filter, not both")
+            extra = "queue" if self.queue is not None else "type"
+            raise field_error(self, extra, "give ids or a queue/type filter, not both")
         if self.ids is None and self.queue is None and self.type is None:
-            raise ValueError("give ids, or a queue and/or type to replay by filter")
+            raise field_error(self, "ids", "give ids, or a queue and/or type to replay by filter")
         return self
 
 
