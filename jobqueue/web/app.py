@@ -31,9 +31,22 @@ if TYPE_CHECKING:
 API_VERSION = "1.0"
 DESCRIPTION = """A durable job queue: Postgres is the truth, Redis dispatches, `/api/workers` drains.
 
-Authenticate with `Authorization: Bearer <JOBS_API_TOKEN>`; `/api/workers` takes the worker or
-cron secret, or a QStash signature; `/api/health` is open. Errors answer
-`{"error": {"code", "message", "field"?, "dependency"?}}`."""
+**Credentials** (`Authorization: Bearer ...`; use *Authorize*):
+
+| credential | may call |
+|---|---|
+| `JOBS_API_TOKEN` (`ApiToken`) | every API route |
+| `JOBS_ENQUEUE_TOKEN` (`EnqueueToken`) | `POST /api/jobs`, `POST /api/jobs/batch`, `GET /api/jobs/{id}` |
+| `JOBS_METRICS_TOKEN` (`MetricsToken`) | `GET /api/metrics`, `GET /api/metrics/prometheus` |
+| `WORKER_SECRET` or `CRON_SECRET` (`WorkerSecret`), or a QStash `Upstash-Signature` | `/api/workers` |
+
+A missing or wrong credential answers 401 (and, repeated, 429 with `Retry-After`); a scoped token
+outside its scope answers 403. `/api/health`, this document and `/api/docs` are open.
+
+**Priorities**: 0-9, 9 runs first, 0 last, default 5; also by name: `low` (2), `normal` (5),
+`high` (7), `urgent` (9).
+
+Errors answer `{"error": {"code", "message", "field"?, "dependency"?}}`."""
 
 
 class LazyDashboard:
@@ -89,6 +102,7 @@ def create_app(
     )
     app.state.resources = res
     install_error_handlers(app)
+    app.include_router(routes_jobs.enqueue_router)
     app.include_router(routes_jobs.router)
     app.include_router(routes_workers.router)
     app.include_router(routes_admin.dlq)

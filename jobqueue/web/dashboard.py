@@ -22,7 +22,7 @@ from jobqueue.errors import InvalidJob
 from jobqueue.models import STATUSES, JobView
 
 from . import dashboard_actions
-from .auth import HTTP_WHITESPACE, count_failure, secret_matches
+from .auth import HTTP_WHITESPACE, api_scope, count_failure
 from .dashboard_actions import count_text, failed_count
 from .dashboard_auth import (
     COOKIE,
@@ -91,7 +91,12 @@ async def login(
     # Refused like every other cross-site POST: no other site has a reason to post a login here.
     if not same_origin(request, settings.public_url):
         raise CsrfRefused("the request came from another site")
-    if not secret_matches(token.strip(HTTP_WHITESPACE), settings.api_token):
+    scope = api_scope(token.strip(HTTP_WHITESPACE), settings)
+    if scope is not None and scope != "admin":
+        # A valid scoped token: refused (403), but not a failed credential, so not counted.
+        error = "That token may not open the dashboard: log in with JOBS_API_TOKEN."
+        return render(request, "login.html", status_code=403, next=safe_next(next), error=error)
+    if scope is None:
         await count_failure(request)  # 429 past the limit (a valid token is never counted)
         error = (
             "That token is not valid." if settings.api_token else "The dashboard is locked: JOBS_API_TOKEN is not set."

@@ -16,7 +16,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from jobqueue.errors import InvalidJob, JobQueueError, Unauthorized, Unavailable
@@ -25,7 +25,13 @@ log = logging.getLogger("jobqueue.api")
 
 # Parameter sources FastAPI puts first in a validation error's `loc`; the field is what follows.
 _SOURCES = frozenset({"body", "query", "path", "header", "cookie"})
-_HTTP_CODES = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+_HTTP_CODES = {
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+}
 
 
 class InvalidRequest(InvalidJob):
@@ -62,19 +68,26 @@ def retry_after_headers(exc: JobQueueError) -> dict[str, str]:
 
 
 class ErrorDetail(BaseModel):
-    code: str
-    message: str
-    field: str | None = None
-    dependency: str | None = None
+    code: str = Field(
+        description="`unauthorized`, `forbidden`, `too_many_attempts`, `not_found`, `invalid_state`, "
+        "`payload_too_large`, `invalid_job`, `invalid_request`, `unavailable`, ..."
+    )
+    message: str = Field(description="what went wrong, for a person; never a secret")
+    field: str | None = Field(default=None, description="the offending field, dotted (`jobs.3.payload.url`)")
+    dependency: str | None = Field(default=None, description="`postgres` or `redis` (503 only)")
 
 
 class ErrorBody(BaseModel):
+    """Every error answers this shape."""
+
     error: ErrorDetail
 
 
 def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     described = {
         401: "Missing or wrong credentials",
+        403: "A valid credential that may not call this route (JOBS_ENQUEUE_TOKEN or JOBS_METRICS_TOKEN "
+        "outside its scope)",
         429: "Too many failed credentials from this address (or in all); `Retry-After` says when to retry",
         404: "No such job",
         409: "The job's state does not allow this",
@@ -86,10 +99,13 @@ def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 # The errors every authenticated route can answer (documented so clients and schemathesis know them).
-COMMON_ERRORS = _responses(401, 422, 429, 503)
+COMMON_ERRORS = _responses(401, 403, 422, 429, 503)
 NOT_FOUND = _responses(404)
 CONFLICT = _responses(404, 409)
 TOO_LARGE = _responses(413)
+TOKEN_IN_USE: dict[int | str, dict[str, Any]] = {
+    409: {"model": ErrorBody, "description": "This Upstash-Signature is in use by a drain still running; `Retry-After`"}
+}
 
 
 def error_code(exc: JobQueueError) -> str:

@@ -39,9 +39,17 @@ HEALTH_TIMEOUT_S = 3.0  # a health probe must answer well inside a load balancer
 MAX_REPLAY_IDS = 10_000
 REPLAY_BODY_LIMIT = 1024 * 1024  # 10,000 ids of up to 19 digits fit comfortably
 
-dlq = APIRouter(prefix="/api/dlq", tags=["dlq"], dependencies=[Depends(require_api_token)], responses=COMMON_ERRORS)
+dlq = APIRouter(
+    prefix="/api/dlq",
+    tags=["dlq"],
+    dependencies=[Depends(require_api_token)],
+    responses=COMMON_ERRORS,
+)
 queues = APIRouter(
-    prefix="/api/queues", tags=["queues"], dependencies=[Depends(require_api_token)], responses=COMMON_ERRORS
+    prefix="/api/queues",
+    tags=["queues"],
+    dependencies=[Depends(require_api_token)],
+    responses=COMMON_ERRORS,
 )
 health = APIRouter(tags=["health"])
 
@@ -71,11 +79,11 @@ class ReplayRequest(BaseModel):
 
 
 class Replayed(BaseModel):
-    replayed: int
+    replayed: int = Field(description="how many failed jobs were queued again")
 
 
 class Purged(BaseModel):
-    purged: int
+    purged: int = Field(description="how many failed jobs were deleted")
 
 
 @dlq.get("", response_model=JobList, summary="List dead-lettered (failed) jobs, newest first")

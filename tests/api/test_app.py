@@ -84,7 +84,7 @@ async def test_docs_and_openapi(client: httpx.AsyncClient) -> None:
     spec = (await client.get("/api/openapi.json")).json()
     assert spec["info"]["title"] == "jobqueue"
     enqueue = spec["paths"]["/api/jobs"]["post"]
-    assert set(enqueue["responses"]) == {"200", "201", "401", "413", "422", "429", "503"}
+    assert set(enqueue["responses"]) == {"200", "201", "401", "403", "413", "422", "429", "503"}
     body = enqueue["requestBody"]["content"]["application/json"]["schema"]
     assert "$defs" not in str(body) and body["properties"]["priority"]["anyOf"][0]["maximum"] == 9
     assert (await client.get("/api/docs")).status_code == 200
