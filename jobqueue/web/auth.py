@@ -261,10 +261,12 @@ async def require_worker(
 
 def expected_url(request: Request, settings: Settings) -> str:
     """The URL QStash signed (`sub`). Behind Vercel the scheme and host this process sees can
-    differ from the public ones, so JOBQUEUE_PUBLIC_URL, when set, supplies them."""
+    differ from the public ones, so JOBQUEUE_PUBLIC_URL, when set, supplies them: it is the public
+    URL of where the routes are mounted (the app's root for `create_app()`; the prefix's URL for
+    a mounted `router()`), which is also where kicks are published (web/kick.py)."""
     if not settings.public_url:
         return str(request.url)
-    url = settings.public_url.rstrip("/") + request.url.path
+    url = settings.public_url.rstrip("/") + WORKERS_PATH
     return f"{url}?{request.url.query}" if request.url.query else url
 
 

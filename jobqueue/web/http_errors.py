@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Receive, Scope, Send
 
 from jobqueue.errors import InvalidJob, JobQueueError, Unauthorized, Unavailable
 
@@ -172,8 +175,32 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     return error_response(500, "internal_error", "internal error")
 
 
+# What our routes answer errors with, wherever they are mounted (see ApiRoute).
+ROUTE_HANDLERS: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
+    JobQueueError: _jobqueue_error,
+    RequestValidationError: _validation_error,
+    StarletteHTTPException: _http_error,
+}
+_HANDLERS_KEY = "starlette.exception_handlers"  # where Starlette's ExceptionMiddleware puts its map
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(JobQueueError, _jobqueue_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
+    for exc_class, handler in ROUTE_HANDLERS.items():
+        app.add_exception_handler(exc_class, handler)
     app.add_exception_handler(Exception, _unexpected)
+
+
+class ApiRoute(APIRoute):
+    """The API's routes answer `{"error": ...}` in any app, not only in `create_app()`'s: a
+    `jobqueue.web.router()` mounted into an app of your own brings its error shape along.
+
+    The handlers are put into the request's exception-handler map (the one Starlette's
+    ExceptionMiddleware consults when a route raises) for this route only, so they run where an
+    app-level handler would: after the route's dependencies have seen the exception (the worker
+    route's QStash token relies on that), and never for the host's own routes."""
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            handlers, status_handlers = scope.get(_HANDLERS_KEY) or ({}, {})
+            scope[_HANDLERS_KEY] = ({**handlers, **ROUTE_HANDLERS}, status_handlers)
+        await super().handle(scope, receive, send)

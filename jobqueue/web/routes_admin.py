@@ -30,7 +30,7 @@ from .deps import (
     read_body,
     resources,
 )
-from .http_errors import COMMON_ERRORS, TOO_LARGE
+from .http_errors import COMMON_ERRORS, TOO_LARGE, ApiRoute
 from .routes_jobs import JobList
 
 log = logging.getLogger("jobqueue.api")
@@ -44,14 +44,16 @@ dlq = APIRouter(
     tags=["dlq"],
     dependencies=[Depends(require_api_token)],
     responses=COMMON_ERRORS,
+    route_class=ApiRoute,
 )
 queues = APIRouter(
     prefix="/api/queues",
     tags=["queues"],
     dependencies=[Depends(require_api_token)],
     responses=COMMON_ERRORS,
+    route_class=ApiRoute,
 )
-health = APIRouter(tags=["health"])
+health = APIRouter(tags=["health"], route_class=ApiRoute)
 
 
 # --- dead-letter queue --------------------------------------------------------------------------

@@ -36,7 +36,7 @@ from .deps import (
     read_body,
     require_object,
 )
-from .http_errors import COMMON_ERRORS, CONFLICT, NOT_FOUND, TOO_LARGE, InvalidRequest
+from .http_errors import COMMON_ERRORS, CONFLICT, NOT_FOUND, TOO_LARGE, ApiRoute, InvalidRequest
 
 MAX_BATCH = 1000  # DESIGN.md section 5; the engine enforces the same bound
 # Vercel refuses request bodies over 4.5 MB before the function runs; a batch may use all of it.
@@ -47,12 +47,14 @@ enqueue_router = APIRouter(
     tags=["jobs"],
     dependencies=[Depends(require_enqueue)],
     responses=COMMON_ERRORS,
+    route_class=ApiRoute,
 )
 router = APIRouter(
     prefix="/api/jobs",
     tags=["jobs"],
     dependencies=[Depends(require_api_token)],
     responses=COMMON_ERRORS,
+    route_class=ApiRoute,
 )
 
 JobId = Annotated[int, Path(ge=1, le=MAX_ID, description="the job's id")]

@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 
 from .auth import require_metrics
 from .deps import JQ
-from .http_errors import COMMON_ERRORS
+from .http_errors import COMMON_ERRORS, ApiRoute
 
 # The same string as jobqueue.metrics.PROMETHEUS_CONTENT_TYPE, spelled out so that importing the
 # API (every cold start) does not import prometheus_client; the routes import it when called.
@@ -23,6 +23,7 @@ router = APIRouter(
     tags=["metrics"],
     dependencies=[Depends(require_metrics)],
     responses=COMMON_ERRORS,
+    route_class=ApiRoute,
 )
 
 

@@ -10,13 +10,14 @@ from pydantic import BaseModel, Field
 
 from .auth import WORKERS_PATH, require_worker
 from .deps import JQ, SettingsDep
-from .http_errors import COMMON_ERRORS, TOKEN_IN_USE, TOO_LARGE
+from .http_errors import COMMON_ERRORS, TOKEN_IN_USE, TOO_LARGE, ApiRoute
 
 router = APIRouter(
     prefix=WORKERS_PATH,
     tags=["workers"],
     dependencies=[Depends(require_worker)],
     responses=COMMON_ERRORS | TOO_LARGE | TOKEN_IN_USE,
+    route_class=ApiRoute,
 )
 
 

@@ -1,6 +1,6 @@
 """The auth matrix: every route (derived from the app's own routes, so a route added later fails
 here until it is listed) with every credential (none, wrong, admin, enqueue, metrics, worker
-secret); the scoped credentials and the throttle;
+secret), in `create_app()` and in a mounted `router()`; the scoped credentials and the throttle;
 and the worker route's four ways in (worker secret, cron secret, QStash signature with either key)
 with every way a signature can be wrong."""
 
@@ -14,10 +14,11 @@ import httpx
 import jwt
 import pytest
 from fastapi import FastAPI
-from fastapi.routing import iter_route_contexts as effective_routes
 
 from jobqueue.engine import JobQueue
+from jobqueue.web import router
 from jobqueue.web.app import create_app
+from jobqueue.web.mount import effective_routes
 
 from .conftest import (
     API_TOKEN,
@@ -152,8 +153,16 @@ def unlisted(app: FastAPI, prefix: str = "", *, mounted: bool = False) -> tuple[
     return table - listed, listed - table
 
 
-def test_the_matrix_lists_every_route(app: FastAPI) -> None:
+def host_app(jq: JobQueue) -> FastAPI:
+    """An app of the user's own, with the routes mounted under a prefix (and its own docs)."""
+    host = FastAPI()
+    host.include_router(router(jq=jq), prefix=PREFIX)
+    return host
+
+
+def test_the_matrix_lists_every_route(app: FastAPI, jq: JobQueue) -> None:
     assert unlisted(app) == (set(), set())
+    assert unlisted(host_app(jq), PREFIX, mounted=True) == (set(), set())
 
 
 def test_a_route_missing_from_the_matrix_is_caught(app: FastAPI) -> None:
@@ -164,7 +173,9 @@ def test_a_route_missing_from_the_matrix_is_caught(app: FastAPI) -> None:
     assert unlisted(app) == ({("GET", "/api/new")}, set())
 
 
-CASES = [("create_app", row) for row in MATRIX]
+CASES = [
+    (mount, row) for mount in ("create_app", "router") for row in MATRIX if not (mount == "router" and row.app_only)
+]
 
 
 @pytest.mark.parametrize(("mount", "row"), CASES, ids=[f"{m}: {r.id}" for m, r in CASES])
@@ -172,7 +183,7 @@ async def test_every_route_with_every_credential(
     app: FastAPI, jq: JobQueue, redis_server: str, mount: str, row: Row
 ) -> None:
     prefix = "" if mount == "create_app" else PREFIX
-    target = app
+    target = app if mount == "create_app" else host_app(jq)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=target), base_url="http://testserver") as c:
         got = await _run_row(c, jq, redis_server, row, prefix)
     assert got == row.expect
