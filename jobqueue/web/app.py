@@ -4,7 +4,8 @@ The same routes as `router()` (web/mount.py), included into the app directly (th
 holds the Resources, so no binding dependency is needed; and FastAPI builds a nested router's
 routes once more at include time, which a cold start would pay for), plus what a whole app adds:
 the error handlers for paths no route matched, the body-size middleware, and the documentation
-(`/api/openapi.json`, Swagger UI at `/api/docs`).
+(`/api/openapi.json`, completed by web/openapi.py, and Swagger UI at `/api/docs`, served from the
+app itself by web/docs.py).
 
 Resources are lazy (see `deps.Resources`): the engine is built by the first request that needs
 it and closed at lifespan shutdown. That suits both hosts: Vercel runs uvicorn with
@@ -22,13 +23,14 @@ from fastapi import FastAPI
 
 from jobqueue.settings import Settings
 
-from . import routes_admin, routes_jobs
+from . import docs, routes_admin, routes_jobs
 from .auth import WORKER_BODY_LIMIT, WORKERS_PATH
 from .dashboard_auth import COOKIE_PATH
 from .deps import BodyLimit, Resources
 from .http_errors import install_error_handlers
 from .kick import qstash_kicker
 from .mount import API_ROUTERS, DASHBOARD_ROUTE, LazyDashboard, dashboard_body_limit
+from .openapi import install_openapi
 
 if TYPE_CHECKING:
     from jobqueue.engine import JobQueue
@@ -78,10 +80,9 @@ def create_app(
         title="jobqueue",
         version=API_VERSION,
         description=DESCRIPTION,
-        docs_url="/api/docs",
-        swagger_ui_oauth2_redirect_url="/api/docs/oauth2-redirect",
+        docs_url=None,  # docs.router serves Swagger UI from the app, not from a CDN
         redoc_url=None,
-        openapi_url="/api/openapi.json",
+        openapi_url=docs.OPENAPI_PATH,
         lifespan=lifespan,
     )
     app.state.resources = res
@@ -90,6 +91,8 @@ def create_app(
         app.include_router(sub)
     # The dashboard is built on its first request (see mount.LazyDashboard).
     app.add_route(DASHBOARD_ROUTE, cast(Any, LazyDashboard(res)), include_in_schema=False)
+    app.include_router(docs.router)
+    install_openapi(app, res)
     app.add_middleware(BodyLimit, limit_for=body_limits(settings))
     return app
 

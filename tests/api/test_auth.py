@@ -129,7 +129,7 @@ MATRIX: list[Row] = [
     Row("*", "/dashboard{rest:path}", "/dashboard/jobs", None, SESSION_ONLY),
     Row("GET", "/api/openapi.json", "/api/openapi.json", None, OPEN, app_only=True),
     Row("GET", "/api/docs", "/api/docs", None, OPEN, app_only=True),
-    Row("GET", "/api/docs/oauth2-redirect", "/api/docs/oauth2-redirect", None, OPEN, app_only=True),
+    Row("GET", "/api/docs/{name}", "/api/docs/swagger-ui.css", None, OPEN, app_only=True),
 ]
 PREFIX = "/jobs"  # where the matrix mounts router()
 
