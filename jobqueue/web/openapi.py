@@ -96,7 +96,7 @@ def build_document(app: FastAPI, res: Resources) -> tuple[dict[str, Any], bool]:
             if name == "EnqueueRequest" and examples:
                 media["examples"] = examples
             elif name == "BatchRequest" and batch:
-                media["examples"] = {"two jobs": batch}
+                media["examples"] = {"a batch": batch}
             operation["requestBody"] = {"required": True, "content": {"application/json": media}}
     return doc, registry is not None
 

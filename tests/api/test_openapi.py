@@ -113,7 +113,7 @@ async def test_the_examples_are_real_requests(spec: dict[str, Any], client: http
     for example in examples.values():
         r = await client.post("/api/jobs", json=example["value"], headers=AUTH)
         assert r.status_code == 201, r.text
-    batch = body(spec, "post", "/api/jobs/batch")["examples"]["two jobs"]["value"]
+    batch = body(spec, "post", "/api/jobs/batch")["examples"]["a batch"]["value"]
     assert (await client.post("/api/jobs/batch", json=batch, headers=AUTH)).status_code == 201
 
 
