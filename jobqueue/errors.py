@@ -53,6 +53,15 @@ class Unauthorized(JobQueueError):
     status_code = 401
 
 
+class Forbidden(JobQueueError):
+    """This credential may not do this."""
+
+    status_code = 403
+
+    # A valid credential outside its scope (JOBS_ENQUEUE_TOKEN or JOBS_METRICS_TOKEN on a route
+    # they do not open): not a failed credential, so never counted by the throttle.
+
+
 class Unavailable(JobQueueError):
     """A dependency is unreachable."""
 

@@ -6,9 +6,22 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    SerializerFunctionWrapHandler,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_serializer,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, InitErrorDetails, PydanticCustomError, ValidationError
 
 Status = Literal["pending", "scheduled", "processing", "completed", "failed", "cancelled"]
 STATUSES: tuple[str, ...] = ("pending", "scheduled", "processing", "completed", "failed", "cancelled")
@@ -17,6 +30,37 @@ TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 QUEUE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 MAX_TIMEOUT_MS = 15 * 60 * 1000  # Vercel's longest function is 800 s; Lambda's 900 s
 MAX_DELAY_DAYS = 365  # how far ahead delay_ms / run_at may schedule a job
+
+# DESIGN.md section 8: names a request may give instead of a number; stored as the number.
+PRIORITY_NAMES: dict[str, int] = {"low": 2, "normal": 5, "high": 7, "urgent": 9}
+DEFAULT_PRIORITY = 5
+
+
+def _priority_name(value: Any) -> Any:
+    if isinstance(value, str) and not value.strip().isdigit():
+        if value in PRIORITY_NAMES:
+            return PRIORITY_NAMES[value]
+        raise PydanticCustomError(
+            "priority_name", "priority must be an integer 0-9 or one of low (2), normal (5), high (7), urgent (9)"
+        )
+    return value  # a number (or digits, as before): the int validation below applies
+
+
+# 0-9, higher first; validated to the int, so everything past the request sees a number.
+Priority = Annotated[
+    int,
+    BeforeValidator(_priority_name),
+    Field(ge=0, le=9),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer", "minimum": 0, "maximum": 9},
+                {"type": "string", "enum": list(PRIORITY_NAMES)},
+            ]
+        },
+        mode="validation",
+    ),
+]
 
 
 class Backoff(BaseModel):
@@ -39,9 +83,14 @@ class JobRequest(BaseModel):
     type: str = Field(min_length=1, max_length=200)
     payload: dict[str, Any] = Field(default_factory=dict)
     queue: str | None = Field(default=None, min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")
-    priority: int = Field(default=5, ge=0, le=9)
+    priority: Priority = Field(
+        default=DEFAULT_PRIORITY,
+        description="9 runs first, 0 last; default 5. Also by name: low (2), normal (5), high (7), urgent (9)",
+    )
     delay_ms: int | None = Field(default=None, ge=0, le=MAX_DELAY_DAYS * 24 * 3600 * 1000)
-    run_at: datetime | None = None
+    run_at: datetime | None = Field(
+        default=None, description="run no earlier than this ISO-8601 time with a timezone (Z or an offset)"
+    )
     max_attempts: int | None = Field(default=None, ge=1, le=100)
     backoff: Backoff | None = None
     timeout_ms: int | None = Field(default=None, ge=1, le=MAX_TIMEOUT_MS)
@@ -53,15 +102,73 @@ class JobRequest(BaseModel):
         description="a tenant, a destination: the queue's and the type's group limits apply per group",
     )
 
-    @model_validator(mode="after")
-    def _one_schedule(self) -> JobRequest:
-        if self.delay_ms is not None and self.run_at is not None:
+    # A field validator rather than a model-level one, so a 422 names `run_at` (delay_ms is
+    # declared first, so it is in `info.data` when it was valid).
+    @field_validator("run_at")
+    @classmethod
+    def _run_at(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
+        if value is None:
+            return None
+        if info.data.get("delay_ms") is not None:
             raise ValueError("give delay_ms or run_at, not both")
-        if self.run_at is not None and self.run_at.tzinfo is None:
+        if value.tzinfo is None or value.utcoffset() is None:
             raise ValueError("run_at must carry a timezone (ISO-8601 with Z or an offset)")
-        if self.run_at is not None and self.run_at > datetime.now(UTC) + timedelta(days=MAX_DELAY_DAYS):
+        if value > datetime.now(UTC) + timedelta(days=MAX_DELAY_DAYS):
             raise ValueError(f"run_at must be within {MAX_DELAY_DAYS} days")
-        return self
+        return value
+
+
+def field_error(model: BaseModel, field: str, message: str) -> ValidationError:
+    """For a model-level check that one field fails: raised from a model validator, its error
+    carries `field` as its location (a ValueError would carry none, and the 422 would name only
+    the body)."""
+    error = InitErrorDetails(
+        type=PydanticCustomError("invalid_combination", message), loc=(field,), input=getattr(model, field, None)
+    )
+    return ValidationError.from_exception_data(type(model).__name__, [error])
+
+
+IsoTime = Annotated[str, WithJsonSchema({"type": "string", "format": "date-time"})]
+
+
+class HistoryEntry(BaseModel):
+    """One entry of a job's history, oldest first. Two kinds share this shape:
+
+    - an **attempt**: `attempt` and `started_at` when it is claimed; `ended_at`, `outcome`,
+      `error` and `duration_ms` once it ends;
+    - a **requeue** (a retry or a dead-letter replay): `requeued_at` and `previous_status`.
+
+    Only the fields of an entry's kind are present."""
+
+    # Keys the engine may add later pass through rather than being dropped.
+    model_config = ConfigDict(extra="allow")
+
+    attempt: int | None = Field(default=None, description="attempt: its number, from 1")
+    started_at: IsoTime | None = Field(default=None, description="attempt: when it was claimed (UTC)")
+    ended_at: IsoTime | None = Field(default=None, description="attempt: when it ended (UTC)")
+    outcome: str | None = Field(
+        default=None,
+        description="attempt: `completed`, `retried` (failed, another attempt follows), `failed` (the job "
+        "failed) or `lost` (its worker stopped before it finished: the lease expired)",
+    )
+    error: str | None = Field(default=None, description="attempt: the error, when it did not complete")
+    duration_ms: int | None = Field(default=None, description="attempt: the handler's run time")
+    requeued_at: IsoTime | None = Field(default=None, description="requeue: when it was re-run (UTC)")
+    previous_status: str | None = Field(default=None, description="requeue: `failed` or `cancelled`")
+
+    @model_serializer(mode="wrap")
+    def _as_stored(self, handler: SerializerFunctionWrapHandler) -> Any:
+        # Answer the entry as stored: the other kind's fields are absent, not null.
+        data = handler(self)
+        present = self.model_fields_set | set(self.model_extra or ())
+        return {k: v for k, v in data.items() if k in present}
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        # A wrap serializer would make the response schema "anything": it is these fields, as read.
+        if handler.mode == "serialization":
+            return cls.model_json_schema(mode="validation")
+        return handler(schema)
 
 
 class JobView(BaseModel):
@@ -72,7 +179,7 @@ class JobView(BaseModel):
     type: str
     payload: dict[str, Any]
     status: Status
-    priority: int
+    priority: int = Field(description="0-9; 9 runs first")
     attempts: int
     max_attempts: int
     backoff: dict[str, Any]
@@ -80,7 +187,7 @@ class JobView(BaseModel):
     idempotency_key: str | None = None
     result: Any | None = None
     error: str | None = None
-    history: list[dict[str, Any]] = Field(default_factory=list)
+    history: list[HistoryEntry] = Field(default_factory=list, description="attempts and requeues, oldest first")
     run_at: datetime | None = Field(default=None, description="when it may run next (a delay or a retry)")
     created_at: datetime
     started_at: datetime | None = None

@@ -21,6 +21,9 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(default=None, validation_alias="REDIS_URL")
 
     api_token: str | None = Field(default=None, validation_alias="JOBS_API_TOKEN", repr=False)
+    # Scoped credentials (DESIGN.md section 8): enqueue and read a job by id; read the metrics.
+    enqueue_token: str | None = Field(default=None, validation_alias="JOBS_ENQUEUE_TOKEN", repr=False)
+    metrics_token: str | None = Field(default=None, validation_alias="JOBS_METRICS_TOKEN", repr=False)
     worker_secret: str | None = Field(default=None, validation_alias="WORKER_SECRET", repr=False)
     cron_secret: str | None = Field(default=None, validation_alias="CRON_SECRET", repr=False)
     qstash_token: str | None = Field(default=None, validation_alias="QSTASH_TOKEN", repr=False)

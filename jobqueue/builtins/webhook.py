@@ -126,7 +126,13 @@ HeaderValue = Annotated[str, AfterValidator(_field_value)]
 
 
 class WebhookPayload(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        # Shown by the API docs (web/openapi.py) as the example `webhook.deliver` request.
+        json_schema_extra={
+            "examples": [{"url": "https://example.com/hooks", "event": "order.paid", "data": {"id": 42}}]
+        },
+    )
 
     url: str = Field(max_length=MAX_URL_CHARS)
     event: str | None = Field(default=None, max_length=200)

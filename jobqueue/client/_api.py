@@ -414,6 +414,7 @@ def list_schedules() -> Call[list[Schedule]]:
 
 
 def get_schedule(schedule_id: str) -> Call[Schedule]:
+    """One schedule with its next and last run and its last job."""
     return Call("GET", f"/api/schedules/{quote(schedule_id, safe='')}", _schedule)
 
 
@@ -433,10 +434,12 @@ def delete_schedule(schedule_id: str) -> Call[None]:
 
 
 def pause_schedule(schedule_id: str) -> Call[Schedule]:
+    """Stop firing a schedule (its ticks pass; the misfire policy decides on resume)."""
     return Call("POST", f"/api/schedules/{quote(schedule_id, safe='')}/pause", _schedule)
 
 
 def resume_schedule(schedule_id: str) -> Call[Schedule]:
+    """Fire a paused schedule again."""
     return Call("POST", f"/api/schedules/{quote(schedule_id, safe='')}/resume", _schedule)
 
 

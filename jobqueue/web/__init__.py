@@ -1,8 +1,10 @@
 """The HTTP side of jobqueue: `create_app()` builds a whole FastAPI app (API, worker route,
-dashboard); `router()` gives the same routes to mount in a FastAPI app you already have."""
+dashboard, docs); `router()` gives the same routes to include in a FastAPI app you already have,
+and `close(router)` closes what it built."""
 
 from __future__ import annotations
 
 from .app import create_app
+from .mount import close, router
 
-__all__ = ["create_app"]
+__all__ = ["close", "create_app", "router"]

@@ -1,6 +1,13 @@
-"""`create_app()`: the FastAPI application over one JobQueue.
+"""`create_app()`: the FastAPI application over one JobQueue (this repository's `api/index.py`).
 
-Resources are lazy (see `_deps.Resources`): the engine is built by the first request that needs
+The same routes as `router()` (web/mount.py), included into the app directly (the app's state
+holds the Resources, so no binding dependency is needed; and FastAPI builds a nested router's
+routes once more at include time, which a cold start would pay for), plus what a whole app adds:
+the error handlers for paths no route matched, the body-size middleware, and the documentation
+(`/api/openapi.json`, completed by web/openapi.py, and Swagger UI at `/api/docs`, served from the
+app itself by web/docs.py).
+
+Resources are lazy (see `deps.Resources`): the engine is built by the first request that needs
 it and closed at lifespan shutdown. That suits both hosts: Vercel runs uvicorn with
 `lifespan="auto"` (startup once per instance, shutdown at exit), and Mangum runs startup and
 shutdown around every invocation, so a per-invocation engine is simply rebuilt on demand.
@@ -10,19 +17,20 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 from fastapi import FastAPI
-from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
 
 from jobqueue.settings import Settings
 
-from . import routes_admin, routes_jobs, routes_metrics, routes_schedules, routes_workers
-from .auth import WORKER_BODY_LIMIT
+from . import docs, routes_admin, routes_jobs
+from .auth import WORKER_BODY_LIMIT, WORKERS_PATH
+from .dashboard_auth import COOKIE_PATH
 from .deps import BodyLimit, Resources
 from .http_errors import install_error_handlers
 from .kick import qstash_kicker
+from .mount import API_ROUTERS, DASHBOARD_ROUTE, LazyDashboard, dashboard_body_limit
+from .openapi import install_openapi
 
 if TYPE_CHECKING:
     from jobqueue.engine import JobQueue
@@ -31,31 +39,22 @@ if TYPE_CHECKING:
 API_VERSION = "1.0"
 DESCRIPTION = """A durable job queue: Postgres is the truth, Redis dispatches, `/api/workers` drains.
 
-Authenticate with `Authorization: Bearer <JOBS_API_TOKEN>`; `/api/workers` takes the worker or
-cron secret, or a QStash signature; `/api/health` is open. Errors answer
-`{"error": {"code", "message", "field"?, "dependency"?}}`."""
+**Credentials** (`Authorization: Bearer ...`; use *Authorize*):
 
+| credential | may call |
+|---|---|
+| `JOBS_API_TOKEN` (`ApiToken`) | every API route |
+| `JOBS_ENQUEUE_TOKEN` (`EnqueueToken`) | `POST /api/jobs`, `POST /api/jobs/batch`, `GET /api/jobs/{id}` |
+| `JOBS_METRICS_TOKEN` (`MetricsToken`) | `GET /api/metrics`, `GET /api/metrics/prometheus` |
+| `WORKER_SECRET` or `CRON_SECRET` (`WorkerSecret`), or a QStash `Upstash-Signature` | `/api/workers` |
 
-class LazyDashboard:
-    """An ASGI app that builds the dashboard (a FastAPI app sharing this app's resources) the
-    first time a /dashboard path is requested, then hands every such request to it."""
+A missing or wrong credential answers 401 (and, repeated, 429 with `Retry-After`); a scoped token
+outside its scope answers 403. `/api/health`, this document and `/api/docs` are open.
 
-    def __init__(self, parent: FastAPI) -> None:
-        self._parent = parent
-        self._app: FastAPI | None = None
+**Priorities**: 0-9, 9 runs first, 0 last, default 5; also by name: `low` (2), `normal` (5),
+`high` (7), `urgent` (9).
 
-    def build(self) -> FastAPI:
-        if self._app is None:
-            from . import dashboard
-
-            sub = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
-            sub.state.resources = self._parent.state.resources
-            sub.include_router(dashboard.router)
-            self._app = sub
-        return self._app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.build()(scope, receive, send)
+Errors answer `{"error": {"code", "message", "field"?, "dependency"?}}`."""
 
 
 def create_app(
@@ -81,24 +80,19 @@ def create_app(
         title="jobqueue",
         version=API_VERSION,
         description=DESCRIPTION,
-        docs_url="/api/docs",
-        swagger_ui_oauth2_redirect_url="/api/docs/oauth2-redirect",
+        docs_url=None,  # docs.router serves Swagger UI from the app, not from a CDN
         redoc_url=None,
-        openapi_url="/api/openapi.json",
+        openapi_url=docs.OPENAPI_PATH,
         lifespan=lifespan,
     )
     app.state.resources = res
     install_error_handlers(app)
-    app.include_router(routes_jobs.router)
-    app.include_router(routes_workers.router)
-    app.include_router(routes_admin.dlq)
-    app.include_router(routes_admin.queues)
-    app.include_router(routes_admin.health)
-    app.include_router(routes_metrics.router)
-    app.include_router(routes_schedules.router)
-    # The dashboard is built on its first request: its routes (and Jinja2) are a fifth of a cold
-    # start, and API calls, the bulk of all invocations, never need them.
-    app.router.routes.append(Route("/dashboard{rest:path}", LazyDashboard(app), include_in_schema=False))
+    for sub in API_ROUTERS:
+        app.include_router(sub)
+    # The dashboard is built on its first request (see mount.LazyDashboard).
+    app.add_route(DASHBOARD_ROUTE, cast(Any, LazyDashboard(res)), include_in_schema=False)
+    app.include_router(docs.router)
+    install_openapi(app, res)
     app.add_middleware(BodyLimit, limit_for=body_limits(settings))
     return app
 
@@ -108,11 +102,9 @@ def body_limits(settings: Settings) -> Callable[[str], int]:
     api = max(routes_jobs.batch_body_limit(settings), routes_admin.REPLAY_BODY_LIMIT)
 
     def limit_for(path: str) -> int:
-        if path == "/dashboard/login":
-            return 4096  # a token and a `next` path, 1000 characters each at most
-        if path.startswith("/dashboard"):
-            return 64 * 1024  # the largest form is a replay of 500 ids
-        if path.startswith("/api/workers"):
+        if path.startswith(COOKIE_PATH):
+            return dashboard_body_limit(path)
+        if path.startswith(WORKERS_PATH):
             return WORKER_BODY_LIMIT
         return api
 

@@ -1,5 +1,15 @@
-"""Who may call what. The API takes `Bearer $JOBS_API_TOKEN`; `/api/workers` takes
-`Bearer $WORKER_SECRET`, `Bearer $CRON_SECRET` (Vercel Cron, GET) or a QStash `Upstash-Signature`.
+"""Who may call what. The API takes `Bearer $JOBS_API_TOKEN` (the admin credential: every route);
+`/api/workers` takes `Bearer $WORKER_SECRET`, `Bearer $CRON_SECRET` (Vercel Cron, GET) or a QStash
+`Upstash-Signature`.
+
+Scoped credentials (DESIGN.md section 8): `Bearer $JOBS_ENQUEUE_TOKEN` may only enqueue and read a
+job by id, `Bearer $JOBS_METRICS_TOKEN` only read the metrics. Presented anywhere else (the worker
+route included) they answer 403, and a 403 is not a failed credential: it is not counted by the
+throttle below (the caller holds a valid secret; nothing is being guessed).
+
+The security schemes FastAPI documents (`HTTPBearer`, `APIKeyHeader`, all `auto_error=False`) are
+sub-dependencies here only so that OpenAPI lists them per operation and the docs' Authorize
+button works; they decide nothing. The checks are the code below.
 
 Secrets are compared in constant time, and a secret that is unset (or empty) matches nothing, so
 a deployment that forgot JOBS_API_TOKEN is locked rather than open. Only HTTP whitespace (space,
@@ -33,11 +43,12 @@ import secrets
 import time
 import warnings
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn
 
-from fastapi import Request
+from fastapi import Depends, Request
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from jobqueue.errors import Unauthorized, Unavailable
+from jobqueue.errors import Forbidden, Unauthorized, Unavailable
 
 from .deps import SettingsDep, read_body, resources
 from .http_errors import TokenInUse, TooManyAttempts
@@ -54,6 +65,52 @@ REQUIRED_CLAIMS = ["iss", "sub", "exp", "nbf", "body", "jti"]
 HTTP_WHITESPACE = " \t"  # RFC 9110 OWS: the only padding a header value may carry
 
 log = logging.getLogger("jobqueue.api")
+
+WORKERS_PATH = "/api/workers"  # the worker route, relative to where the routes are mounted
+
+# --- security schemes (documentation only; see the module docstring) ---------------------------
+
+ADMIN_SCHEME = HTTPBearer(
+    scheme_name="ApiToken",
+    description="`JOBS_API_TOKEN`: the admin credential, every API route and the dashboard",
+    auto_error=False,
+)
+ENQUEUE_SCHEME = HTTPBearer(
+    scheme_name="EnqueueToken",
+    description="`JOBS_ENQUEUE_TOKEN`: only `POST /api/jobs`, `POST /api/jobs/batch` and `GET /api/jobs/{id}`",
+    auto_error=False,
+)
+METRICS_SCHEME = HTTPBearer(
+    scheme_name="MetricsToken",
+    description="`JOBS_METRICS_TOKEN`: only `GET /api/metrics` and `GET /api/metrics/prometheus`",
+    auto_error=False,
+)
+WORKER_SCHEME = HTTPBearer(
+    scheme_name="WorkerSecret",
+    description="`WORKER_SECRET`, or `CRON_SECRET` (what Vercel Cron sends): `/api/workers` only",
+    auto_error=False,
+)
+QSTASH_SCHEME = APIKeyHeader(
+    name="Upstash-Signature",
+    scheme_name="UpstashSignature",
+    description="A QStash signature (a JWT signed with `QSTASH_CURRENT_SIGNING_KEY` or `QSTASH_NEXT_SIGNING_KEY`, "
+    "over the raw body and the URL): `/api/workers` only",
+    auto_error=False,
+)
+Bearer = HTTPAuthorizationCredentials | None
+AdminScheme = Annotated[Bearer, Depends(ADMIN_SCHEME)]
+EnqueueScheme = Annotated[Bearer, Depends(ENQUEUE_SCHEME)]
+MetricsScheme = Annotated[Bearer, Depends(METRICS_SCHEME)]
+WorkerScheme = Annotated[Bearer, Depends(WORKER_SCHEME)]
+QStashScheme = Annotated[str | None, Depends(QSTASH_SCHEME)]
+
+# --- scopes ---------------------------------------------------------------------------------------
+
+Scope = Literal["admin", "enqueue", "metrics"]
+SCOPE_LIMITS: dict[str, str] = {
+    "enqueue": "JOBS_ENQUEUE_TOKEN may only enqueue (POST /api/jobs, POST /api/jobs/batch) and read a job by id",
+    "metrics": "JOBS_METRICS_TOKEN may only read /api/metrics and /api/metrics/prometheus",
+}
 
 
 def bearer_token(request: Request) -> str | None:
@@ -113,12 +170,57 @@ async def refuse(request: Request, message: str) -> NoReturn:
     raise Unauthorized(message)
 
 
-async def require_api_token(request: Request, settings: SettingsDep) -> None:
-    if not secret_matches(bearer_token(request), settings.api_token):
-        await refuse(request, "a valid Authorization: Bearer <JOBS_API_TOKEN> header is required")
+def api_scope(token: str | None, settings: Settings) -> Scope | None:
+    """Which API credential `token` is, if any. Every configured secret is compared (no early
+    exit), so the time taken does not say which one matched; the admin token wins should two
+    settings hold the same value."""
+    secrets_by_scope: tuple[tuple[Scope, str | None], ...] = (
+        ("admin", settings.api_token),
+        ("enqueue", settings.enqueue_token),
+        ("metrics", settings.metrics_token),
+    )
+    found: Scope | None = None
+    for scope, secret in secrets_by_scope:
+        if secret_matches(token, secret) and found is None:
+            found = scope
+    return found
 
 
-async def require_worker(request: Request, settings: SettingsDep) -> AsyncIterator[None]:
+async def check_api_token(request: Request, settings: Settings, allowed: frozenset[str], wanted: str) -> None:
+    scope = api_scope(bearer_token(request), settings)
+    if scope is None:
+        await refuse(request, f"a valid Authorization: Bearer <{wanted}> header is required")
+    if scope not in allowed:
+        raise Forbidden(SCOPE_LIMITS[scope])
+
+
+ADMIN_ONLY = frozenset({"admin"})
+ENQUEUE_SCOPES = frozenset({"admin", "enqueue"})
+METRICS_SCOPES = frozenset({"admin", "metrics"})
+
+
+async def require_api_token(request: Request, settings: SettingsDep, _admin: AdminScheme) -> None:
+    """The admin credential (JOBS_API_TOKEN): every API route that names no other scope."""
+    await check_api_token(request, settings, ADMIN_ONLY, "JOBS_API_TOKEN")
+
+
+async def require_enqueue(
+    request: Request, settings: SettingsDep, _admin: AdminScheme, _enqueue: EnqueueScheme
+) -> None:
+    """JOBS_API_TOKEN or JOBS_ENQUEUE_TOKEN: enqueue, and read a job by its id."""
+    await check_api_token(request, settings, ENQUEUE_SCOPES, "JOBS_API_TOKEN or JOBS_ENQUEUE_TOKEN")
+
+
+async def require_metrics(
+    request: Request, settings: SettingsDep, _admin: AdminScheme, _metrics: MetricsScheme
+) -> None:
+    """JOBS_API_TOKEN or JOBS_METRICS_TOKEN: the metrics routes."""
+    await check_api_token(request, settings, METRICS_SCOPES, "JOBS_API_TOKEN or JOBS_METRICS_TOKEN")
+
+
+async def require_worker(
+    request: Request, settings: SettingsDep, _secret: WorkerScheme, _signature: QStashScheme
+) -> AsyncIterator[None]:
     """A dependency with `yield`: the route's outcome decides what a QStash token's marker
     becomes (done after a drain that succeeded; deleted after one that failed)."""
     token = bearer_token(request)
@@ -127,6 +229,9 @@ async def require_worker(request: Request, settings: SettingsDep) -> AsyncIterat
         return
     signature = request.headers.get("upstash-signature")
     if not signature:
+        scope = api_scope(token, settings)
+        if scope is not None and scope != "admin":
+            raise Forbidden(SCOPE_LIMITS[scope])
         await refuse(request, "a worker secret, CRON_SECRET or a valid Upstash-Signature is required")
     body = await read_body(request, WORKER_BODY_LIMIT)
     keys = [k for k in (settings.qstash_current_signing_key, settings.qstash_next_signing_key) if k]
@@ -156,10 +261,12 @@ async def require_worker(request: Request, settings: SettingsDep) -> AsyncIterat
 
 def expected_url(request: Request, settings: Settings) -> str:
     """The URL QStash signed (`sub`). Behind Vercel the scheme and host this process sees can
-    differ from the public ones, so JOBQUEUE_PUBLIC_URL, when set, supplies them."""
+    differ from the public ones, so JOBQUEUE_PUBLIC_URL, when set, supplies them: it is the public
+    URL of where the routes are mounted (the app's root for `create_app()`; the prefix's URL for
+    a mounted `router()`), which is also where kicks are published (web/kick.py)."""
     if not settings.public_url:
         return str(request.url)
-    url = settings.public_url.rstrip("/") + request.url.path
+    url = settings.public_url.rstrip("/") + WORKERS_PATH
     return f"{url}?{request.url.query}" if request.url.query else url
 
 

@@ -22,7 +22,7 @@ from jobqueue.errors import InvalidJob
 from jobqueue.models import STATUSES, JobView
 
 from . import dashboard_actions
-from .auth import HTTP_WHITESPACE, count_failure, secret_matches
+from .auth import HTTP_WHITESPACE, api_scope, count_failure
 from .dashboard_actions import count_text, failed_count
 from .dashboard_auth import (
     COOKIE,
@@ -30,6 +30,7 @@ from .dashboard_auth import (
     SESSION_TTL_S,
     CsrfRefused,
     SessionDep,
+    base_path,
     is_https,
     issue_session,
     safe_next,
@@ -76,9 +77,12 @@ async def static(name: Annotated[str, Path(max_length=40)]) -> Response:
 
 @router.get("/login")
 async def login_form(request: Request, settings: SettingsDep, next: Text = None) -> Response:
+    base = base_path(request)
     if verify_session(request.cookies.get(COOKIE), settings.api_token) is not None:
-        return RedirectResponse(safe_next(next), status_code=303)
-    return render(request, "login.html", next=safe_next(next), error=None, notice=dashboard_actions.notice(request))
+        return RedirectResponse(safe_next(next, base), status_code=303)
+    return render(
+        request, "login.html", next=safe_next(next, base), error=None, notice=dashboard_actions.notice(request)
+    )
 
 
 @router.post("/login")
@@ -91,18 +95,24 @@ async def login(
     # Refused like every other cross-site POST: no other site has a reason to post a login here.
     if not same_origin(request, settings.public_url):
         raise CsrfRefused("the request came from another site")
-    if not secret_matches(token.strip(HTTP_WHITESPACE), settings.api_token):
+    base = base_path(request)
+    scope = api_scope(token.strip(HTTP_WHITESPACE), settings)
+    if scope is not None and scope != "admin":
+        # A valid scoped token: refused (403), but not a failed credential, so not counted.
+        error = "That token may not open the dashboard: log in with JOBS_API_TOKEN."
+        return render(request, "login.html", status_code=403, next=safe_next(next, base), error=error)
+    if scope is None:
         await count_failure(request)  # 429 past the limit (a valid token is never counted)
         error = (
             "That token is not valid." if settings.api_token else "The dashboard is locked: JOBS_API_TOKEN is not set."
         )
-        return render(request, "login.html", status_code=401, next=safe_next(next), error=error)
-    response = RedirectResponse(safe_next(next), status_code=303)
+        return render(request, "login.html", status_code=401, next=safe_next(next, base), error=error)
+    response = RedirectResponse(safe_next(next, base), status_code=303)
     response.set_cookie(
         COOKIE,
         issue_session(settings.api_token or ""),
         max_age=SESSION_TTL_S,
-        path=COOKIE_PATH,
+        path=base,
         secure=is_https(request),
         httponly=True,
         samesite="lax",
@@ -223,8 +233,10 @@ async def jobs(
         statuses=STATUSES,
         queue_names=sorted(jq.queues),
         type_names=jq.registry.names,
-        first_url=page_url(f"{COOKIE_PATH}/jobs", **filters, limit=size) if cursor else None,
-        next_url=page_url(f"{COOKIE_PATH}/jobs", **filters, limit=size, cursor=encode_cursor(last)) if last else None,
+        first_url=page_url(f"{base_path(request)}/jobs", **filters, limit=size) if cursor else None,
+        next_url=page_url(f"{base_path(request)}/jobs", **filters, limit=size, cursor=encode_cursor(last))
+        if last
+        else None,
     )
 
 
@@ -232,7 +244,7 @@ def attempts_of(view: JobView) -> list[dict[str, Any]]:
     """The history for display: attempts with their duration, and the replays between them."""
     out = []
     for entry in view.history:
-        item = dict(entry)
+        item = entry.model_dump()  # only the entry's own fields (HistoryEntry)
         if "requeued_at" not in item:
             seconds = item.get("duration_ms")
             if seconds is not None:
@@ -294,7 +306,9 @@ async def dlq(
         total_text=count_text(total),
         queue_names=sorted(jq.queues),
         type_names=jq.registry.names,
-        first_url=page_url(f"{COOKIE_PATH}/dlq", **filters, limit=size) if cursor else None,
-        next_url=page_url(f"{COOKIE_PATH}/dlq", **filters, limit=size, cursor=encode_cursor(last)) if last else None,
+        first_url=page_url(f"{base_path(request)}/dlq", **filters, limit=size) if cursor else None,
+        next_url=page_url(f"{base_path(request)}/dlq", **filters, limit=size, cursor=encode_cursor(last))
+        if last
+        else None,
         notice=dashboard_actions.notice(request),
     )

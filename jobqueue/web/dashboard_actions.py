@@ -20,7 +20,7 @@ from fastapi import APIRouter, Form, Path, Request, Response
 from fastapi.responses import RedirectResponse
 from pydantic import Field
 
-from .dashboard_auth import COOKIE, COOKIE_PATH, CsrfDep
+from .dashboard_auth import COOKIE, CsrfDep, base_path
 from .dashboard_render import DashboardRoute, render
 from .deps import JQ, MAX_ID, StorableStr
 
@@ -61,15 +61,16 @@ def notice(request: Request) -> str | None:
     return template.format(q=q if re.fullmatch(QUEUE_NAME, q) else "?", n=n if n.isdigit() else "?")
 
 
-def done(path: str, msg: str, **params: Any) -> RedirectResponse:
-    return RedirectResponse(f"{path}?{urlencode({'msg': msg, **params})}", status_code=303)
+def done(request: Request, path: str, msg: str, **params: Any) -> RedirectResponse:
+    """A 303 to `path` below the dashboard's base ("" is the overview) with the notice `msg`."""
+    return RedirectResponse(f"{base_path(request)}{path}?{urlencode({'msg': msg, **params})}", status_code=303)
 
 
 def confirm_page(request: Request, session: Any, *, title: str, body: str, button: str, **extra: Any) -> Response:
     """The first step of a destructive action: the same form again, with confirm=yes."""
     extra.setdefault("fields", [])
     extra.setdefault("ids", [])
-    extra.setdefault("back", f"{COOKIE_PATH}/dlq")
+    extra.setdefault("back", f"{base_path(request)}/dlq")
     extra.setdefault("danger", False)
     return render(
         request,
@@ -96,22 +97,22 @@ def count_text(n: int) -> str:
 
 
 @router.post("/logout")
-async def logout(session: CsrfDep) -> Response:
-    response = done(f"{COOKIE_PATH}/login", "loggedout")
-    response.delete_cookie(COOKIE, path=COOKIE_PATH, httponly=True, samesite="lax")
+async def logout(request: Request, session: CsrfDep) -> Response:
+    response = done(request, "/login", "loggedout")
+    response.delete_cookie(COOKIE, path=base_path(request), httponly=True, samesite="lax")
     return response
 
 
 @router.post("/queues/{name}/pause")
-async def pause(name: QueueName, session: CsrfDep, jq: JQ) -> Response:
+async def pause(request: Request, name: QueueName, session: CsrfDep, jq: JQ) -> Response:
     await jq.set_paused(name, True)  # reversible and loses nothing, so no confirmation step
-    return done(COOKIE_PATH, "paused", q=name)
+    return done(request, "", "paused", q=name)
 
 
 @router.post("/queues/{name}/resume")
-async def resume(name: QueueName, session: CsrfDep, jq: JQ) -> Response:
+async def resume(request: Request, name: QueueName, session: CsrfDep, jq: JQ) -> Response:
     await jq.set_paused(name, False)
-    return done(COOKIE_PATH, "resumed", q=name)
+    return done(request, "", "resumed", q=name)
 
 
 # --- one job -------------------------------------------------------------------------------------
@@ -127,10 +128,10 @@ async def cancel(request: Request, job_id: JobId, session: CsrfDep, jq: JQ, conf
             title=f"Cancel job #{job_id}?",
             body=f"The {row['type']} job will not run. You can retry it later from its page.",
             button="Cancel job",
-            back=f"{COOKIE_PATH}/jobs/{job_id}",
+            back=f"{base_path(request)}/jobs/{job_id}",
         )
     await jq.cancel(job_id)  # a 409 page when it already started or finished
-    return done(f"{COOKIE_PATH}/jobs/{job_id}", "cancelled")
+    return done(request, f"/jobs/{job_id}", "cancelled")
 
 
 @router.post("/jobs/{job_id}/retry")
@@ -144,10 +145,10 @@ async def retry(request: Request, job_id: JobId, session: CsrfDep, jq: JQ, confi
             body=f"The {row['type']} job runs again with a fresh set of {row['max_attempts']} attempt(s); "
             "its history keeps the earlier ones.",
             button="Retry job",
-            back=f"{COOKIE_PATH}/jobs/{job_id}",
+            back=f"{base_path(request)}/jobs/{job_id}",
         )
     await jq.retry(job_id)
-    return done(f"{COOKIE_PATH}/jobs/{job_id}", "retried")
+    return done(request, f"/jobs/{job_id}", "retried")
 
 
 # --- dead-letter queue ---------------------------------------------------------------------------
@@ -163,7 +164,7 @@ async def replay_selected(
 ) -> Response:
     ids = sorted(set(ids or []))
     if not ids:
-        return done(f"{COOKIE_PATH}/dlq", "nothing")
+        return done(request, "/dlq", "nothing")
     if confirm != "yes":
         shown = ", ".join(f"#{i}" for i in ids[:SHOWN_IDS]) + (" …" if len(ids) > SHOWN_IDS else "")
         return confirm_page(
@@ -175,7 +176,7 @@ async def replay_selected(
             ids=ids,
         )
     n = await jq.replay(ids)
-    return done(f"{COOKIE_PATH}/dlq", "replayed", n=n)
+    return done(request, "/dlq", "replayed", n=n)
 
 
 @router.post("/dlq/replay-matching")
@@ -195,7 +196,7 @@ async def replay_matching(
             fields=[("queue", queue), ("type", type)],
         )
     n = await jq.replay(None, queue=q, type=t)
-    return done(f"{COOKIE_PATH}/dlq", "replayed", n=n)
+    return done(request, "/dlq", "replayed", n=n)
 
 
 @router.post("/dlq/purge")
@@ -219,4 +220,4 @@ async def purge(
             danger=True,
         )
     n = await jq.purge(older_than_days)
-    return done(f"{COOKIE_PATH}/dlq", "purged", n=n)
+    return done(request, "/dlq", "purged", n=n)

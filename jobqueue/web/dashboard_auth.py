@@ -30,7 +30,7 @@ from fastapi import Depends, Form, Request
 from .deps import SettingsDep
 
 COOKIE = "jq_dashboard"
-COOKIE_PATH = "/dashboard"
+COOKIE_PATH = "/dashboard"  # where the dashboard is below the app's root (or the router's prefix)
 SESSION_TTL_S = 12 * 3600  # a working day; a stolen cookie is worth no more than this
 _KEY_LABEL = b"jobqueue dashboard session key v1"
 
@@ -124,13 +124,20 @@ def same_origin(request: Request, public_url: str | None) -> bool:
     return True
 
 
-def safe_next(target: str | None) -> str:
+def base_path(request: Request) -> str:
+    """The dashboard's URL path as the browser sees it: the ASGI root path (a proxy's prefix, or
+    the prefix a mounted router was included under: web/mount.py adds it) plus "/dashboard".
+    Links, redirects, the cookie's path and asset URLs are all built from it."""
+    return str(request.scope.get("root_path", "")).rstrip("/") + COOKIE_PATH
+
+
+def safe_next(target: str | None, base: str = COOKIE_PATH) -> str:
     """Where to go after login: a dashboard path only, never another host (no open redirect)."""
     if not target or "\\" in target or any(ord(c) < 32 for c in target):
-        return COOKIE_PATH
+        return base
     parts = urlsplit(target)
-    if parts.scheme or parts.netloc or not (parts.path == COOKIE_PATH or parts.path.startswith(COOKIE_PATH + "/")):
-        return COOKIE_PATH
+    if parts.scheme or parts.netloc or not (parts.path == base or parts.path.startswith(base + "/")):
+        return base
     return target
 
 

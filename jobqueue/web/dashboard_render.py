@@ -25,7 +25,7 @@ from fastapi.routing import APIRoute
 
 from jobqueue.errors import JobQueueError, Unavailable
 
-from .dashboard_auth import COOKIE, COOKIE_PATH, CsrfRefused, LoginRequired, same_origin, verify_session
+from .dashboard_auth import COOKIE, CsrfRefused, LoginRequired, base_path, same_origin, verify_session
 from .deps import resources
 from .http_errors import retry_after_headers
 
@@ -78,6 +78,7 @@ def render(
     context.setdefault("session", None)
     context.setdefault("nav", "")
     context.setdefault("notice", None)
+    context.setdefault("base", base_path(request))  # every link in a template starts with it
     html = environment().get_template(name).render(**context)
     return HTMLResponse(html, status_code=status_code, headers=headers)
 
@@ -135,7 +136,8 @@ def _asset_version(name: str) -> str:
 
 
 def static_url(name: str) -> str:
-    return f"{COOKIE_PATH}/static/{name}?v={_asset_version(name)}"
+    """An asset's URL below the dashboard's base (templates write `{{ base }}{{ static(...) }}`)."""
+    return f"/static/{name}?v={_asset_version(name)}"
 
 
 def asset(name: str) -> Response:
@@ -152,9 +154,10 @@ def asset(name: str) -> Response:
 
 
 def login_redirect(request: Request) -> RedirectResponse:
+    base = base_path(request)
     target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-    query = "" if request.method != "GET" or target == COOKIE_PATH else "?" + urlencode({"next": target})
-    return RedirectResponse(f"{COOKIE_PATH}/login{query}", status_code=303)
+    query = "" if request.method != "GET" or target == base else "?" + urlencode({"next": target})
+    return RedirectResponse(f"{base}/login{query}", status_code=303)
 
 
 def error_page(request: Request, status: int, title: str, message: str) -> HTMLResponse:

@@ -29,7 +29,7 @@ from .http_errors import InvalidRequest
 
 if TYPE_CHECKING:
     from jobqueue.engine import JobQueue
-    from jobqueue.registry import RegistrySource
+    from jobqueue.registry import Registry, RegistrySource
 
 Kicker = Callable[[], Awaitable[None]]
 
@@ -45,6 +45,7 @@ class Resources:
         self.registry = registry
         self._jq = jq
         self._owned = jq is None  # an engine handed in belongs to the caller, who closes it
+        self._registry: Registry | None = None
         self.kicker: Kicker | None = None
 
     @property
@@ -67,10 +68,20 @@ class Resources:
         if not (s.upstash_url and s.upstash_token) and not s.redis_url:
             raise Unavailable("redis", "neither UPSTASH_REDIS_REST_URL/TOKEN nor REDIS_URL is set")
         from jobqueue.engine import JobQueue
-        from jobqueue.registry import load_registry, resolve_registry
 
-        registry = resolve_registry(self.registry) if self.registry is not None else load_registry(s.registry)
-        return JobQueue.from_settings(s, registry)
+        return JobQueue.from_settings(s, self.job_types())
+
+    def job_types(self) -> Registry:
+        """The registry, resolved once (on first use): the engine's, or the source's. Needs no
+        connection, so the OpenAPI document can describe each type's payload without one."""
+        if self._jq is not None:
+            return self._jq.registry
+        if self._registry is None:
+            from jobqueue.registry import load_registry, resolve_registry
+
+            source = self.registry
+            self._registry = resolve_registry(source) if source is not None else load_registry(self.settings.registry)
+        return self._registry
 
     async def close(self) -> None:
         """Close what this app built; the next request builds afresh (Mangum shuts down per call)."""
@@ -82,8 +93,29 @@ class Resources:
             await http.aclose_clients()
 
 
+# Where a mounted `jobqueue.web.router()` leaves its Resources for the request (see BindResources).
+REQUEST_STATE_KEY = "jobqueue_resources"
+
+
+class BindResources:
+    """A router-level dependency of `jobqueue.web.router()`: puts that router's Resources on
+    `request.state` before any route dependency runs (FastAPI solves a route's dependencies in
+    order, the router's first), so the routes work inside an app that has no
+    `app.state.resources` of its own, or one with several jobqueue routers."""
+
+    def __init__(self, res: Resources) -> None:
+        self.resources = res
+
+    async def __call__(self, request: Request) -> None:
+        setattr(request.state, REQUEST_STATE_KEY, self.resources)
+
+
 def resources(request: Request) -> Resources:
-    res: Resources = request.app.state.resources
+    """The Resources bound by the router that matched (a mounted router), else the app's own
+    (`create_app()`, and the dashboard's sub-application)."""
+    res: Resources | None = getattr(request.state, REQUEST_STATE_KEY, None)
+    if res is None:
+        res = request.app.state.resources
     return res
 
 
@@ -137,7 +169,7 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.limit_for(scope["path"])
+        limit = self.limit_for(route_path(scope))
         declared = dict(scope["headers"]).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > limit:
             await _too_large(send, f"request body is {int(declared)} bytes; the limit is {limit}")
@@ -162,6 +194,15 @@ class BodyLimit:
                 await send(message)
 
         await self.app(scope, bounded_receive, guarded_send)
+
+
+def route_path(scope: Scope) -> str:
+    """The path below the ASGI `root_path` (what routes match; ASGI's `path` includes it)."""
+    path: str = scope["path"]
+    root = scope.get("root_path", "")
+    if root and path.startswith(root) and (len(path) == len(root) or path[len(root)] == "/"):
+        return path[len(root) :]
+    return path
 
 
 async def _too_large(send: Send, message: str) -> None:

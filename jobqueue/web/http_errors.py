@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Receive, Scope, Send
 
 from jobqueue.errors import InvalidJob, JobQueueError, Unauthorized, Unavailable
 
@@ -25,7 +28,13 @@ log = logging.getLogger("jobqueue.api")
 
 # Parameter sources FastAPI puts first in a validation error's `loc`; the field is what follows.
 _SOURCES = frozenset({"body", "query", "path", "header", "cookie"})
-_HTTP_CODES = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+_HTTP_CODES = {
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+}
 
 
 class InvalidRequest(InvalidJob):
@@ -62,19 +71,26 @@ def retry_after_headers(exc: JobQueueError) -> dict[str, str]:
 
 
 class ErrorDetail(BaseModel):
-    code: str
-    message: str
-    field: str | None = None
-    dependency: str | None = None
+    code: str = Field(
+        description="`unauthorized`, `forbidden`, `too_many_attempts`, `not_found`, `invalid_state`, "
+        "`payload_too_large`, `invalid_job`, `invalid_request`, `unavailable`, ..."
+    )
+    message: str = Field(description="what went wrong, for a person; never a secret")
+    field: str | None = Field(default=None, description="the offending field, dotted (`jobs.3.payload.url`)")
+    dependency: str | None = Field(default=None, description="`postgres` or `redis` (503 only)")
 
 
 class ErrorBody(BaseModel):
+    """Every error answers this shape."""
+
     error: ErrorDetail
 
 
 def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     described = {
         401: "Missing or wrong credentials",
+        403: "A valid credential that may not call this route (JOBS_ENQUEUE_TOKEN or JOBS_METRICS_TOKEN "
+        "outside its scope)",
         429: "Too many failed credentials from this address (or in all); `Retry-After` says when to retry",
         404: "No such job",
         409: "The job's state does not allow this",
@@ -86,10 +102,13 @@ def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 # The errors every authenticated route can answer (documented so clients and schemathesis know them).
-COMMON_ERRORS = _responses(401, 422, 429, 503)
+COMMON_ERRORS = _responses(401, 403, 422, 429, 503)
 NOT_FOUND = _responses(404)
 CONFLICT = _responses(404, 409)
 TOO_LARGE = _responses(413)
+TOKEN_IN_USE: dict[int | str, dict[str, Any]] = {
+    409: {"model": ErrorBody, "description": "This Upstash-Signature is in use by a drain still running; `Retry-After`"}
+}
 
 
 def error_code(exc: JobQueueError) -> str:
@@ -156,8 +175,32 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     return error_response(500, "internal_error", "internal error")
 
 
+# What our routes answer errors with, wherever they are mounted (see ApiRoute).
+ROUTE_HANDLERS: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
+    JobQueueError: _jobqueue_error,
+    RequestValidationError: _validation_error,
+    StarletteHTTPException: _http_error,
+}
+_HANDLERS_KEY = "starlette.exception_handlers"  # where Starlette's ExceptionMiddleware puts its map
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(JobQueueError, _jobqueue_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
+    for exc_class, handler in ROUTE_HANDLERS.items():
+        app.add_exception_handler(exc_class, handler)
     app.add_exception_handler(Exception, _unexpected)
+
+
+class ApiRoute(APIRoute):
+    """The API's routes answer `{"error": ...}` in any app, not only in `create_app()`'s: a
+    `jobqueue.web.router()` mounted into an app of your own brings its error shape along.
+
+    The handlers are put into the request's exception-handler map (the one Starlette's
+    ExceptionMiddleware consults when a route raises) for this route only, so they run where an
+    app-level handler would: after the route's dependencies have seen the exception (the worker
+    route's QStash token relies on that), and never for the host's own routes."""
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            handlers, status_handlers = scope.get(_HANDLERS_KEY) or ({}, {})
+            scope[_HANDLERS_KEY] = ({**handlers, **ROUTE_HANDLERS}, status_handlers)
+        await super().handle(scope, receive, send)

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from jobqueue.errors import Unavailable
-from jobqueue.models import JobView
+from jobqueue.models import JobView, field_error
 
 from .auth import require_api_token
 from .deps import (
@@ -30,7 +30,7 @@ from .deps import (
     read_body,
     resources,
 )
-from .http_errors import COMMON_ERRORS, TOO_LARGE
+from .http_errors import COMMON_ERRORS, TOO_LARGE, ApiRoute
 from .routes_jobs import JobList
 
 log = logging.getLogger("jobqueue.api")
@@ -39,11 +39,21 @@ HEALTH_TIMEOUT_S = 3.0  # a health probe must answer well inside a load balancer
 MAX_REPLAY_IDS = 10_000
 REPLAY_BODY_LIMIT = 1024 * 1024  # 10,000 ids of up to 19 digits fit comfortably
 
-dlq = APIRouter(prefix="/api/dlq", tags=["dlq"], dependencies=[Depends(require_api_token)], responses=COMMON_ERRORS)
-queues = APIRouter(
-    prefix="/api/queues", tags=["queues"], dependencies=[Depends(require_api_token)], responses=COMMON_ERRORS
+dlq = APIRouter(
+    prefix="/api/dlq",
+    tags=["dlq"],
+    dependencies=[Depends(require_api_token)],
+    responses=COMMON_ERRORS,
+    route_class=ApiRoute,
 )
-health = APIRouter(tags=["health"])
+queues = APIRouter(
+    prefix="/api/queues",
+    tags=["queues"],
+    dependencies=[Depends(require_api_token)],
+    responses=COMMON_ERRORS,
+    route_class=ApiRoute,
+)
+health = APIRouter(tags=["health"], route_class=ApiRoute)
 
 
 # --- dead-letter queue --------------------------------------------------------------------------
@@ -61,19 +71,21 @@ class ReplayRequest(BaseModel):
 
     @model_validator(mode="after")
     def _ids_or_filter(self) -> ReplayRequest:
+        # Each refusal names a field (a plain ValueError here would name only the body).
         if self.ids is not None and (self.queue is not None or self.type is not None):
-            raise ValueError("give ids or a queue/type filter, not both")
+            extra = "queue" if self.queue is not None else "type"
+            raise field_error(self, extra, "give ids or a queue/type filter, not both")
         if self.ids is None and self.queue is None and self.type is None:
-            raise ValueError("give ids, or a queue and/or type to replay by filter")
+            raise field_error(self, "ids", "give ids, or a queue and/or type to replay by filter")
         return self
 
 
 class Replayed(BaseModel):
-    replayed: int
+    replayed: int = Field(description="how many failed jobs were queued again")
 
 
 class Purged(BaseModel):
-    purged: int
+    purged: int = Field(description="how many failed jobs were deleted")
 
 
 @dlq.get("", response_model=JobList, summary="List dead-lettered (failed) jobs, newest first")

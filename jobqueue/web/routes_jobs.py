@@ -4,7 +4,11 @@ live in the engine; these routes only move bytes and shapes.
 The enqueue routes read the raw body themselves: the size limit must hold before anything is
 parsed (a 10 MB body must not be decoded to learn it is too big), and malformed JSON must answer
 a 422 in our error shape with the parser's reason. Their OpenAPI body is declared by hand for the
-same reason (FastAPI would otherwise parse it first).
+same reason (FastAPI would otherwise parse it first); `create_app()`'s document replaces it with
+the named, per-type schemas (web/openapi.py).
+
+Two routers over one prefix, so every route is authenticated by its router: `enqueue` (the admin
+token or JOBS_ENQUEUE_TOKEN: enqueue, and read a job by id) and `router` (the admin token).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from jobqueue.errors import InvalidJob
 from jobqueue.models import JobRequest, JobView
 from jobqueue.settings import Settings
 
-from .auth import require_api_token
+from .auth import require_api_token, require_enqueue
 from .deps import (
     JQ,
     MAX_ID,
@@ -32,25 +36,40 @@ from .deps import (
     read_body,
     require_object,
 )
-from .http_errors import COMMON_ERRORS, CONFLICT, NOT_FOUND, TOO_LARGE, InvalidRequest
+from .http_errors import COMMON_ERRORS, CONFLICT, NOT_FOUND, TOO_LARGE, ApiRoute, InvalidRequest
 
 MAX_BATCH = 1000  # DESIGN.md section 5; the engine enforces the same bound
 # Vercel refuses request bodies over 4.5 MB before the function runs; a batch may use all of it.
 PLATFORM_BODY_LIMIT = 4_500_000
 
+enqueue_router = APIRouter(
+    prefix="/api/jobs",
+    tags=["jobs"],
+    dependencies=[Depends(require_enqueue)],
+    responses=COMMON_ERRORS,
+    route_class=ApiRoute,
+)
 router = APIRouter(
-    prefix="/api/jobs", tags=["jobs"], dependencies=[Depends(require_api_token)], responses=COMMON_ERRORS
+    prefix="/api/jobs",
+    tags=["jobs"],
+    dependencies=[Depends(require_api_token)],
+    responses=COMMON_ERRORS,
+    route_class=ApiRoute,
 )
 
 JobId = Annotated[int, Path(ge=1, le=MAX_ID, description="the job's id")]
 
 
 class JobList(BaseModel):
+    """A page of jobs, newest first."""
+
     jobs: list[JobView]
     next_cursor: str | None = Field(description="pass as `cursor` for the next (older) page; null at the end")
 
 
 class JobBatch(BaseModel):
+    """The enqueued jobs, in the order of the request."""
+
     jobs: list[JobView]
 
 
@@ -81,7 +100,7 @@ def batch_body_limit(settings: Settings) -> int:
     return max(settings.max_payload_bytes, min(settings.max_payload_bytes * MAX_BATCH, PLATFORM_BODY_LIMIT))
 
 
-@router.post(
+@enqueue_router.post(
     "",
     status_code=201,
     response_model=JobView,
@@ -95,7 +114,7 @@ async def enqueue(request: Request, jq: JQ, settings: SettingsDep) -> Response:
     return json_response(JobView.from_row(row).model_dump_json(), 201 if created else 200)
 
 
-@router.post(
+@enqueue_router.post(
     "/batch",
     status_code=201,
     response_model=JobBatch,
@@ -136,7 +155,7 @@ async def list_jobs(jq: JQ, page: PageDep, status: StatusFilter = None, schedule
     return JobList(jobs=[JobView.from_row(r) for r in rows], next_cursor=encode_cursor(last))
 
 
-@router.get("/{job_id}", response_model=JobView, summary="Get a job", responses=NOT_FOUND)
+@enqueue_router.get("/{job_id}", response_model=JobView, summary="Get a job", responses=NOT_FOUND)
 async def get_job(job_id: JobId, jq: JQ) -> JobView:
     return JobView.from_row(await jq.get(job_id))
 

@@ -1,5 +1,5 @@
 """`/api/metrics`: queue metrics as JSON (for the dashboard and scripts) and in the Prometheus text
-format (for a scraper). Both take the API token. The figures and their definitions are in
+format (for a scraper). Both take the API token or JOBS_METRICS_TOKEN. The figures and their definitions are in
 jobqueue/metrics.py; each request costs one Redis request and two Postgres statements.
 """
 
@@ -10,16 +10,20 @@ from datetime import datetime
 from fastapi import APIRouter, Depends, Response
 from pydantic import BaseModel, Field
 
-from .auth import require_api_token
+from .auth import require_metrics
 from .deps import JQ
-from .http_errors import COMMON_ERRORS
+from .http_errors import COMMON_ERRORS, ApiRoute
 
 # The same string as jobqueue.metrics.PROMETHEUS_CONTENT_TYPE, spelled out so that importing the
 # API (every cold start) does not import prometheus_client; the routes import it when called.
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 router = APIRouter(
-    prefix="/api/metrics", tags=["metrics"], dependencies=[Depends(require_api_token)], responses=COMMON_ERRORS
+    prefix="/api/metrics",
+    tags=["metrics"],
+    dependencies=[Depends(require_metrics)],
+    responses=COMMON_ERRORS,
+    route_class=ApiRoute,
 )
 
 

@@ -14,12 +14,16 @@ from jobqueue.schedule_spec import ScheduleRequest, ScheduleView
 
 from .auth import require_api_token
 from .deps import JQ, inline_schema, json_body, parse_json, read_body, require_object
-from .http_errors import COMMON_ERRORS, NOT_FOUND, TOO_LARGE
+from .http_errors import COMMON_ERRORS, NOT_FOUND, TOO_LARGE, ApiRoute
 
 SCHEDULE_BODY_LIMIT = 512 * 1024  # a payload of up to JOBQUEUE_MAX_PAYLOAD_BYTES and the options
 
 router = APIRouter(
-    prefix="/api/schedules", tags=["schedules"], dependencies=[Depends(require_api_token)], responses=COMMON_ERRORS
+    prefix="/api/schedules",
+    tags=["schedules"],
+    dependencies=[Depends(require_api_token)],
+    responses=COMMON_ERRORS,
+    route_class=ApiRoute,
 )
 
 ScheduleId = Annotated[

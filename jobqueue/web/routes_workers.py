@@ -6,31 +6,37 @@ both answer the same report. The budget is the function's maxDuration less a mar
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
-from .auth import require_worker
+from .auth import WORKERS_PATH, require_worker
 from .deps import JQ, SettingsDep
-from .http_errors import COMMON_ERRORS, TOO_LARGE
+from .http_errors import COMMON_ERRORS, TOKEN_IN_USE, TOO_LARGE, ApiRoute
 
 router = APIRouter(
-    prefix="/api/workers",
+    prefix=WORKERS_PATH,
     tags=["workers"],
     dependencies=[Depends(require_worker)],
-    responses=COMMON_ERRORS | TOO_LARGE,
+    responses=COMMON_ERRORS | TOO_LARGE | TOKEN_IN_USE,
+    route_class=ApiRoute,
 )
 
 
 class DrainResult(BaseModel):
     """What one drain did; `more` means work was left when the budget ran out."""
 
-    claimed: int
-    completed: int
-    retried: int
-    failed: int
-    released: int
-    recovered: int
+    claimed: int = Field(description="jobs claimed and granted")
+    completed: int = Field(description="jobs whose handler returned")
+    retried: int = Field(description="failed attempts scheduled to run again after their backoff")
+    failed: int = Field(description="jobs that failed for good (dead-lettered)")
+    released: int = Field(description="claimed but not started before the budget ended: back in their ready list")
+    recovered: int = Field(description="expired leases taken back from dead workers")
     duration_ms: int
-    more: bool
+    more: bool = Field(description="work was left when the budget ran out")
+    gated_until: str | None = Field(
+        default=None,
+        description='work waits on a flow-control limit until then (ISO-8601), or "slot": until a running job '
+        "finishes; null: nothing waits on a limit (an idle drain is not a gated one)",
+    )
 
 
 async def _drain(jq: JQ, settings: SettingsDep) -> DrainResult:

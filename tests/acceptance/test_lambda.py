@@ -176,6 +176,7 @@ def test_a_scheduled_event_runs_one_drain_and_returns_its_report(handler: Any) -
         "released": 0,
         "recovered": 0,
         "more": False,
+        "gated_until": None,  # nothing waits on a flow-control limit
     }
     assert isinstance(report["duration_ms"], int)
     # a second tick in the same warm environment: nothing left, still fine

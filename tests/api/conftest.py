@@ -28,6 +28,8 @@ from jobqueue.web.app import create_app
 API_TOKEN = "test-api-token-0123456789abcdef"
 WORKER_SECRET = "test-worker-secret-0123456789abcdef"
 CRON_SECRET = "test-cron-secret-0123456789abcdef"
+ENQUEUE_TOKEN = "test-enqueue-token-0123456789abcdef"
+METRICS_TOKEN = "test-metrics-token-0123456789abcdef"
 # HS256 keys of 32+ bytes, as Upstash issues them (shorter ones make PyJWT warn).
 QSTASH_CURRENT = "sig_current_0123456789abcdefghijklmnop"
 QSTASH_NEXT = "sig_next_0123456789abcdefghijklmnopqrs"
@@ -36,9 +38,13 @@ WORKERS_URL = f"{PUBLIC_URL}/api/workers"
 
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 WORKER_AUTH = {"Authorization": f"Bearer {WORKER_SECRET}"}
+ENQUEUE_AUTH = {"Authorization": f"Bearer {ENQUEUE_TOKEN}"}
+METRICS_AUTH = {"Authorization": f"Bearer {METRICS_TOKEN}"}
 
 APP_SETTINGS: dict[str, Any] = {
     "JOBS_API_TOKEN": API_TOKEN,
+    "JOBS_ENQUEUE_TOKEN": ENQUEUE_TOKEN,
+    "JOBS_METRICS_TOKEN": METRICS_TOKEN,
     "WORKER_SECRET": WORKER_SECRET,
     "CRON_SECRET": CRON_SECRET,
     "QSTASH_CURRENT_SIGNING_KEY": QSTASH_CURRENT,

@@ -85,19 +85,20 @@ async def test_dlq_replay_by_filter(client: httpx.AsyncClient, jq: JobQueue) -> 
 
 
 @pytest.mark.parametrize(
-    ("body", "phrase"),
+    ("body", "field", "phrase"),
     [
-        ({}, "give ids, or a queue and/or type"),
-        ({"ids": [1], "queue": "default"}, "not both"),
-        ({"ids": [0]}, "greater than or equal to 1"),
-        ({"ids": "1"}, "valid list"),
-        ({"everything": True}, "Extra inputs"),
+        ({}, "ids", "give ids, or a queue and/or type"),
+        ({"ids": [1], "queue": "default"}, "queue", "not both"),
+        ({"ids": [1], "type": "boom"}, "type", "not both"),
+        ({"ids": [0]}, "ids.0", "greater than or equal to 1"),
+        ({"ids": "1"}, "ids", "valid list"),
+        ({"everything": True}, "everything", "Extra inputs"),
     ],
 )
-async def test_dlq_replay_rejects_bad_bodies(client: httpx.AsyncClient, body: Any, phrase: str) -> None:
+async def test_dlq_replay_rejects_bad_bodies(client: httpx.AsyncClient, body: Any, field: str, phrase: str) -> None:
     r = await client.post("/api/dlq/replay", json=body, headers=AUTH)
     assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request"
-    assert phrase in r.json()["error"]["message"]
+    assert phrase in r.json()["error"]["message"] and r.json()["error"]["field"] == field
     r = await client.post("/api/dlq/replay", content=b"{nope", headers={**AUTH, "Content-Type": "application/json"})
     assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request"
 

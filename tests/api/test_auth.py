@@ -1,9 +1,13 @@
-"""The auth matrix over every route, and the worker route's four ways in (worker secret, cron
-secret, QStash signature with either key) with every way a signature can be wrong."""
+"""The auth matrix: every route (derived from the app's own routes, so a route added later fails
+here until it is listed) with every credential (none, wrong, admin, enqueue, metrics, worker
+secret), in `create_app()` and in a mounted `router()`; the scoped credentials and the throttle;
+and the worker route's four ways in (worker secret, cron secret, QStash signature with either key)
+with every way a signature can be wrong."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -12,13 +16,19 @@ import pytest
 from fastapi import FastAPI
 
 from jobqueue.engine import JobQueue
+from jobqueue.web import router
 from jobqueue.web.app import create_app
+from jobqueue.web.mount import effective_routes
 
 from .conftest import (
     API_TOKEN,
     APP_SETTINGS,
     AUTH,
     CRON_SECRET,
+    ENQUEUE_AUTH,
+    ENQUEUE_TOKEN,
+    METRICS_AUTH,
+    METRICS_TOKEN,
     QSTASH_CURRENT,
     QSTASH_NEXT,
     WORKER_AUTH,
@@ -60,21 +70,213 @@ WRONG_HEADERS: dict[str, dict[str, str]] = {
 }
 
 
-def _route_table(app: FastAPI) -> set[tuple[str, str]]:
-    return {(m.upper(), path) for path, ops in app.openapi()["paths"].items() for m in ops}
+# --- the matrix ----------------------------------------------------------------------------------
+
+CREDENTIALS: dict[str, dict[str, str]] = {
+    "none": {},
+    "wrong": {"Authorization": "Bearer not-a-credential"},
+    "worker": WORKER_AUTH,
+    "metrics": METRICS_AUTH,
+    "enqueue": ENQUEUE_AUTH,
+    "admin": AUTH,
+}
+SECRETS = [API_TOKEN, ENQUEUE_TOKEN, METRICS_TOKEN, WORKER_SECRET, CRON_SECRET]
 
 
-def test_the_matrix_covers_every_route(app: FastAPI) -> None:
-    documented = {(m, p.split("?")[0]) for m, p, _, _ in API_ROUTES}
-    documented = {(m, p.replace("/1", "/{job_id}").replace("/default/", "/{name}/")) for m, p in documented}
-    # A new route fails here until it joins the matrix below with its expected auth.
-    assert _route_table(app) == documented | set(WORKER_ROUTES) | set(OPEN_ROUTES)
+def api(ok: int, **scoped: int) -> dict[str, int]:
+    """An API route: the admin token gets `ok`; a scoped token 403 unless given here."""
+    return {"none": 401, "wrong": 401, "worker": 401, "metrics": 403, "enqueue": 403, **scoped, "admin": ok}
+
+
+WORKER = {"none": 401, "wrong": 401, "worker": 200, "metrics": 403, "enqueue": 403, "admin": 401}
+OPEN = dict.fromkeys(CREDENTIALS, 200)
+# The dashboard takes no bearer credential at all: its pages want a session (303 to the login).
+SESSION_ONLY = dict.fromkeys(CREDENTIALS, 303)
+
+
+@dataclass(frozen=True)
+class Row:
+    method: str  # "*" for a route that takes every method
+    route: str  # the route's path template, as the app lists it
+    path: str  # a concrete request
+    body: Any
+    expect: dict[str, int]
+    app_only: bool = False  # the docs belong to create_app(), not to the router
+
+    @property
+    def id(self) -> str:
+        return f"{self.method} {self.route}"
+
+
+MATRIX: list[Row] = [
+    Row("POST", "/api/jobs", "/api/jobs", ECHO, api(201, enqueue=201)),
+    Row("POST", "/api/jobs/batch", "/api/jobs/batch", {"jobs": [ECHO]}, api(201, enqueue=201)),
+    Row("GET", "/api/jobs/{job_id}", "/api/jobs/1", None, api(404, enqueue=404)),
+    Row("GET", "/api/jobs", "/api/jobs", None, api(200)),
+    Row("POST", "/api/jobs/{job_id}/cancel", "/api/jobs/1/cancel", None, api(404)),
+    Row("POST", "/api/jobs/{job_id}/retry", "/api/jobs/1/retry", None, api(404)),
+    Row("GET", "/api/dlq", "/api/dlq", None, api(200)),
+    Row("POST", "/api/dlq/replay", "/api/dlq/replay", {"ids": [1]}, api(200)),
+    Row("DELETE", "/api/dlq", "/api/dlq?older_than_days=1", None, api(200)),
+    Row("GET", "/api/queues", "/api/queues", None, api(200)),
+    Row("POST", "/api/queues/{name}/pause", "/api/queues/default/pause", None, api(200)),
+    Row("POST", "/api/queues/{name}/resume", "/api/queues/default/resume", None, api(200)),
+    Row("GET", "/api/metrics", "/api/metrics", None, api(200, metrics=200)),
+    Row("GET", "/api/metrics/prometheus", "/api/metrics/prometheus", None, api(200, metrics=200)),
+    Row("GET", "/api/schedules", "/api/schedules", None, api(200)),
+    Row("PUT", "/api/schedules/{schedule_id}", "/api/schedules/s", {"type": "echo", "every_ms": 60000}, api(201)),
+    Row("GET", "/api/schedules/{schedule_id}", "/api/schedules/nope", None, api(404)),
+    Row("DELETE", "/api/schedules/{schedule_id}", "/api/schedules/nope", None, api(404)),
+    Row("POST", "/api/schedules/{schedule_id}/pause", "/api/schedules/nope/pause", None, api(404)),
+    Row("POST", "/api/schedules/{schedule_id}/resume", "/api/schedules/nope/resume", None, api(404)),
+    Row("POST", "/api/schedules/{schedule_id}/trigger", "/api/schedules/nope/trigger", None, api(404)),
+    Row("GET", "/api/workers", "/api/workers", None, WORKER),
+    Row("POST", "/api/workers", "/api/workers", None, WORKER),
+    Row("GET", "/api/health", "/api/health", None, OPEN),
+    Row("*", "/dashboard{rest:path}", "/dashboard/jobs", None, SESSION_ONLY),
+    Row("GET", "/api/openapi.json", "/api/openapi.json", None, OPEN, app_only=True),
+    Row("GET", "/api/docs", "/api/docs", None, OPEN, app_only=True),
+    Row("GET", "/api/docs/{name}", "/api/docs/swagger-ui.css", None, OPEN, app_only=True),
+]
+PREFIX = "/jobs"  # where the matrix mounts router()
+
+
+def route_table(app: FastAPI, prefix: str = "") -> set[tuple[str, str]]:
+    """(method, path template) of every route the app serves under `prefix` (HEAD aside)."""
+    table = set()
+    for route in effective_routes(app.routes):
+        path = getattr(route, "path", None)
+        if path is None or not path.startswith(prefix + "/"):
+            continue
+        methods = set(getattr(route, "methods", None) or {"*"}) - {"HEAD"}
+        table |= {(m, path.removeprefix(prefix)) for m in methods}
+    return table
+
+
+def unlisted(app: FastAPI, prefix: str = "", *, mounted: bool = False) -> tuple[set[Any], set[Any]]:
+    """Routes the app has that the matrix lacks, and rows the app lacks."""
+    listed = {(r.method, r.route) for r in MATRIX if not (mounted and r.app_only)}
+    table = route_table(app, prefix)
+    return table - listed, listed - table
+
+
+def host_app(jq: JobQueue) -> FastAPI:
+    """An app of the user's own, with the routes mounted under a prefix (and its own docs)."""
+    host = FastAPI()
+    host.include_router(router(jq=jq), prefix=PREFIX)
+    return host
+
+
+def test_the_matrix_lists_every_route(app: FastAPI, jq: JobQueue) -> None:
+    assert unlisted(app) == (set(), set())
+    assert unlisted(host_app(jq), PREFIX, mounted=True) == (set(), set())
+
+
+def test_a_route_missing_from_the_matrix_is_caught(app: FastAPI) -> None:
+    async def new_route() -> dict[str, str]:
+        return {}
+
+    app.add_api_route("/api/new", new_route, methods=["GET"])
+    assert unlisted(app) == ({("GET", "/api/new")}, set())
+
+
+CASES = [
+    (mount, row) for mount in ("create_app", "router") for row in MATRIX if not (mount == "router" and row.app_only)
+]
+
+
+@pytest.mark.parametrize(("mount", "row"), CASES, ids=[f"{m}: {r.id}" for m, r in CASES])
+async def test_every_route_with_every_credential(
+    app: FastAPI, jq: JobQueue, redis_server: str, mount: str, row: Row
+) -> None:
+    prefix = "" if mount == "create_app" else PREFIX
+    target = app if mount == "create_app" else host_app(jq)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=target), base_url="http://testserver") as c:
+        got = await _run_row(c, jq, redis_server, row, prefix)
+    assert got == row.expect
+
+
+async def _run_row(c: httpx.AsyncClient, jq: JobQueue, redis_server: str, row: Row, prefix: str) -> dict[str, int]:
+    got: dict[str, int] = {}
+    # Refusals first: nothing they send may be stored or change anything.
+    order = sorted(CREDENTIALS, key=lambda name: row.expect[name] < 400)
+    refused_done = False
+    for name in order:
+        if row.expect[name] < 400 and not refused_done:
+            refused_done = True
+            await assert_nothing_stored(jq, redis_server)
+            assert await jq.broker.paused() == set()
+        method = row.method.replace("*", "GET")
+        r = await c.request(method, prefix + row.path, json=row.body, headers=CREDENTIALS[name])
+        got[name] = r.status_code
+        assert not any(secret in r.text for secret in SECRETS), (name, r.text[:200])
+        if r.status_code == 401:
+            _assert_401(r)
+        elif r.status_code == 403:
+            assert r.json()["error"]["code"] == "forbidden" and "www-authenticate" not in r.headers
+            assert "may only" in r.json()["error"]["message"]
+        elif r.status_code == 303:
+            target = f"{prefix}/dashboard/jobs".replace("/", "%2F")
+            assert r.headers["location"] == f"{prefix}/dashboard/login?next={target}"
+    return got
 
 
 def _assert_401(r: httpx.Response) -> None:
     assert r.status_code == 401, r.text
     assert r.headers["www-authenticate"] == "Bearer"
     assert r.json()["error"]["code"] == "unauthorized"
+
+
+# --- scoped credentials ----------------------------------------------------------------------------
+
+
+async def test_a_scoped_token_outside_its_scope_is_not_a_failed_credential(
+    make_jq: Callable[..., JobQueue], make_client: Callable[[FastAPI], httpx.AsyncClient]
+) -> None:
+    jq = make_jq(**APP_SETTINGS, JOBQUEUE_AUTH_FAILURES_PER_ADDRESS=2)
+    async with make_client(create_app(jq=jq)) as c:
+        await c.get("/dashboard/login")  # builds the dashboard (nothing counted either)
+        before = jq.redis.requests
+        for _ in range(5):
+            assert (await c.get("/api/queues", headers=ENQUEUE_AUTH)).status_code == 403
+            assert (await c.post("/api/jobs", json=ECHO, headers=METRICS_AUTH)).status_code == 403
+            assert (await c.post("/api/workers", headers=ENQUEUE_AUTH)).status_code == 403
+            assert (await c.post("/dashboard/login", data={"token": METRICS_TOKEN})).status_code == 403
+        assert jq.redis.requests == before  # not one failure counted (a count is a Redis request)
+        wrong = {"Authorization": "Bearer nope"}
+        assert [(await c.get("/api/jobs", headers=wrong)).status_code for _ in range(3)] == [401, 401, 429]
+        # The address is throttled now; valid credentials are not: in scope 200, outside it 403.
+        assert (await c.get("/api/metrics", headers=METRICS_AUTH)).status_code == 200
+        assert (await c.get("/api/queues", headers=ENQUEUE_AUTH)).status_code == 403
+        r = await c.post("/api/jobs", json={**ECHO, "priority": "urgent"}, headers=ENQUEUE_AUTH)
+        assert r.status_code == 201 and r.json()["priority"] == 9
+        assert (await c.get(f"/api/jobs/{r.json()['id']}", headers=ENQUEUE_AUTH)).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("credential", "status"),
+    [("admin", 303), ("enqueue", 403), ("metrics", 403), ("worker", 401), ("wrong", 401), ("none", 401)],
+)
+async def test_the_dashboard_login_takes_only_the_admin_token(
+    client: httpx.AsyncClient, credential: str, status: int
+) -> None:
+    header = CREDENTIALS[credential].get("Authorization", "")
+    r = await client.post("/dashboard/login", data={"token": header.removeprefix("Bearer ")})
+    assert r.status_code == status, r.text
+    assert ("set-cookie" in r.headers) == (status == 303)
+    if status == 403:
+        assert "That token may not open the dashboard" in r.text
+
+
+def _forbidden_message(r: httpx.Response) -> str:
+    assert r.status_code == 403, r.text
+    message: str = r.json()["error"]["message"]
+    return message
+
+
+async def test_a_403_says_what_the_token_may_do(client: httpx.AsyncClient) -> None:
+    assert "only enqueue" in _forbidden_message(await client.get("/api/jobs", headers=ENQUEUE_AUTH))
+    assert "only read /api/metrics" in _forbidden_message(await client.get("/api/jobs/1", headers=METRICS_AUTH))
 
 
 @pytest.mark.parametrize(
@@ -130,11 +332,14 @@ async def test_health_needs_no_auth(client: httpx.AsyncClient) -> None:
 async def test_an_unset_or_empty_token_lets_nobody_in(
     make_jq: Callable[..., JobQueue], make_client: Callable[[FastAPI], httpx.AsyncClient], token: str | None
 ) -> None:
-    settings = {**APP_SETTINGS, "JOBS_API_TOKEN": token, "WORKER_SECRET": token, "CRON_SECRET": token}
+    names = ["JOBS_API_TOKEN", "JOBS_ENQUEUE_TOKEN", "JOBS_METRICS_TOKEN", "WORKER_SECRET", "CRON_SECRET"]
+    settings = {**APP_SETTINGS, **dict.fromkeys(names, token), "JOBQUEUE_AUTH_FAILURES_PER_ADDRESS": 1000}
     app = create_app(jq=make_jq(**settings))
     async with make_client(app) as c:
         for headers in [{}, {"Authorization": "Bearer "}, {"Authorization": "Bearer"}, {"Authorization": ""}]:
             _assert_401(await c.get("/api/jobs", headers=headers))
+            _assert_401(await c.post("/api/jobs", json=ECHO, headers=headers))
+            _assert_401(await c.get("/api/metrics", headers=headers))
             _assert_401(await c.get("/api/workers", headers=headers))
 
 

@@ -171,7 +171,7 @@ async def test_forged_foreign_tampered_and_expired_cookies_are_refused(dash: htt
         "the token itself": API_TOKEN,
         "signed by another token": issue_session("another-token-0123456789"),
         "extended expiry": f"{sid}.{int(expires) + 3600}.{mac}",
-        "other session id": f"x{sid[1:]}.{expires}.{mac}",
+        "other session id": f"{'y' if sid[0] == 'x' else 'x'}{sid[1:]}.{expires}.{mac}",  # never the same id
         "expired": issue_session(API_TOKEN, now=time.time() - SESSION_TTL_S - 1),
     }
     for name, value in bad.items():

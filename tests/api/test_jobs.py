@@ -36,6 +36,7 @@ def expected_job(job_id: int, clock: FakeClock, **changes: Any) -> dict[str, Any
         "finished_at": None,
         "schedule_id": None,
         "scheduled_for": None,
+        "group": None,
     }
     job.update(changes)
     return job
@@ -237,3 +238,30 @@ async def test_retry_of_a_dead_job_via_api(client: httpx.AsyncClient, jq: JobQue
     assert failed["status"] == "failed" and failed["attempts"] == 1 and "boom" in failed["error"]
     r = await client.post(f"/api/jobs/{job['id']}/retry", headers=AUTH)
     assert r.status_code == 200 and r.json()["status"] == "pending" and r.json()["attempts"] == 0
+
+
+async def test_priorities_by_name_are_stored_as_numbers(client: httpx.AsyncClient, jq: JobQueue) -> None:
+    names = {"low": 2, "normal": 5, "high": 7, "urgent": 9}
+    for name, number in names.items():
+        r = await client.post("/api/jobs", json={"type": "echo", "payload": {}, "priority": name}, headers=AUTH)
+        assert r.status_code == 201 and r.json()["priority"] == number, r.text
+        assert (await jq.get(r.json()["id"]))["priority"] == number
+    batch = [{"type": "echo", "payload": {}, "priority": p} for p in ("urgent", 0, "low", "7")]
+    r = await client.post("/api/jobs/batch", json={"jobs": batch}, headers=AUTH)
+    assert [j["priority"] for j in r.json()["jobs"]] == [9, 0, 2, 7]
+    row, _ = await jq.enqueue({"type": "echo", "payload": {}, "priority": "high"})  # in-process too
+    assert row["priority"] == 7
+
+
+async def test_history_entries_keep_their_two_shapes(client: httpx.AsyncClient, jq: JobQueue) -> None:
+    job = (await client.post("/api/jobs", json={"type": "boom", "payload": {}}, headers=AUTH)).json()
+    await jq.drain(5)
+    assert (await client.post(f"/api/jobs/{job['id']}/retry", headers=AUTH)).status_code == 200
+    await jq.drain(5)
+    history = (await client.get(f"/api/jobs/{job['id']}", headers=AUTH)).json()["history"]
+    attempt = {"attempt", "started_at", "ended_at", "outcome", "error", "duration_ms"}
+    assert [set(h) for h in history] == [attempt, {"requeued_at", "previous_status"}, attempt]
+    assert [h.get("outcome") for h in history] == ["failed", None, "failed"]
+    assert history[1]["previous_status"] == "failed" and history[2]["attempt"] == 1
+    stored = (await jq.get(job["id"]))["history"]
+    assert history == stored  # as the SQL wrote it: nothing added, nothing reformatted
