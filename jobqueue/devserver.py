@@ -96,7 +96,9 @@ def _start_pgserver(data_dir: Path) -> Any:
             data_dir.mkdir(parents=True, exist_ok=True)
             return get_server(data_dir / "pg")
     except ImportError:
-        raise DevError("DATABASE_URL is not set and pgserver is not installed: pip install -e '.[embedded]'") from None
+        raise DevError(
+            "DATABASE_URL is not set and pgserver is not installed: pip install 'jobqueue[embedded]'"
+        ) from None
     except Exception as e:  # initdb or pg_ctl failed; pgserver has logged the server's log
         raise DevError(f"the embedded Postgres did not start ({type(e).__name__}: {e}); set DATABASE_URL") from e
 

@@ -8,10 +8,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, Column, Identity, SmallInteger, Text
-from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP
-from sqlmodel import Field as SQLField
-from sqlmodel import SQLModel
+try:
+    from sqlalchemy import BigInteger, Boolean, Column, Identity, SmallInteger, Text
+    from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP
+    from sqlmodel import Field as SQLField
+    from sqlmodel import SQLModel
+except ModuleNotFoundError as e:  # an optional dependency: nothing else in the package imports this module
+    raise ModuleNotFoundError(
+        f"jobqueue.table needs SQLModel ({e}): pip install 'jobqueue[sqlmodel]'", name=e.name
+    ) from e
 
 
 class Job(SQLModel, table=True):

@@ -202,6 +202,11 @@ class UpstashTransport:
 
 def embedded_redis() -> RedisPyTransport:
     """An in-process Redis (fakeredis, which runs the same Lua) for `make dev` with nothing configured."""
-    import fakeredis
+    try:
+        import fakeredis
+    except ModuleNotFoundError as e:
+        raise ModuleNotFoundError(
+            "the in-process Redis is fakeredis: pip install 'jobqueue[embedded]'", name=e.name
+        ) from e
 
     return RedisPyTransport(fakeredis.FakeAsyncRedis(decode_responses=True))

@@ -70,7 +70,12 @@ class LambdaHandler:
         if is_drain_event(event):
             return loop.run_until_complete(self._drain(context))
         if self._mangum is None:
-            from mangum import Mangum
+            try:
+                from mangum import Mangum
+            except ModuleNotFoundError as e:
+                raise ModuleNotFoundError(
+                    "the Lambda handler serves HTTP events through Mangum: pip install 'jobqueue[lambda]'", name=e.name
+                ) from e
 
             # Built after the loop is current: Mangum's constructor looks one up.
             self._mangum = Mangum(self.app, lifespan="off")
