@@ -1,0 +1,1 @@
+"""The shop: an application of its own that uses jobqueue as an installed package."""
