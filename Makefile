@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test lint unit integration bench fmt clean migrate
+.PHONY: dev test lint unit integration bench fmt clean migrate wheel
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,5 +41,12 @@ bench: $(STAMP)
 migrate: $(STAMP)
 	$(BIN)/jobqueue migrate
 
+# dist/jobqueue-*.whl: the package alone (no api/, handlers/), for `pip install` into an app of
+# your own or a Lambda zip (docs/deploy.md, L1). build/ goes first: setuptools would pack a stale
+# build/lib's deleted files.
+wheel: $(STAMP)
+	rm -rf build
+	$(BIN)/python -m build --wheel --outdir dist .
+
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info build dist
