@@ -34,9 +34,11 @@ CREATE TABLE IF NOT EXISTS jobs (
     -- the schedule that fired it and the tick it stands for (0003)
     schedule_id      text,
     scheduled_for    timestamptz,
-    -- its group (a tenant, a destination), and its Redis member's flow-control suffix (0004)
+    -- its group (a tenant, a destination), its Redis member's flow-control suffix and the latest
+    -- attempt's start (started_at keeps the first), from which reconcile rebuilds rates (0004)
     group_key        text,
-    limiter          text
+    limiter          text,
+    last_started_at  timestamptz
 );
 
 -- idempotency: a key is unique per queue

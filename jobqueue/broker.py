@@ -451,7 +451,10 @@ class Broker:
         by_queue: dict[str, list[Any]] = defaultdict(list)
         for row in rows:
             if row["status"] == "processing" and row.get("lease_expires_at") is not None:
-                by_queue[row["queue"]] += [to_ms(row["lease_expires_at"]), lease_member(job_member(row), "r")]
+                # The holder's own token: its acknowledgement then removes (and uncounts) this
+                # very entry, and one still in the set is not counted twice.
+                token = row.get("lease_token") or "r"
+                by_queue[row["queue"]] += [to_ms(row["lease_expires_at"]), lease_member(job_member(row), token)]
         if not by_queue:
             return 0
         keys: list[str] = []
@@ -462,9 +465,10 @@ class Broker:
         return int(await self.redis.script(RESTORE_LEASES, keys, args) or 0)
 
     async def clear_index(self, queues: Iterable[str]) -> None:
-        """Drop the ready and delayed index of these queues (a full rebuild refills them from
-        Postgres); leases in the processing sets are kept."""
-        cmds = [["DEL", *self.keys.ready_all(q), self.keys.delayed(q)] for q in sorted(queues)]
+        """Drop the ready, delayed and parked index of these queues (a full rebuild refills them
+        from Postgres); leases in the processing sets, and the counts they hold, are kept."""
+        k = self.keys
+        cmds = [["DEL", *k.ready_all(q), k.delayed(q), k.parked(q), k.parked_keys(q)] for q in sorted(queues)]
         if cmds:
             await self.redis.pipeline(cmds)
 
@@ -485,13 +489,16 @@ class Broker:
             await self.redis.pipeline(cmds)
 
     async def indexed_ids(self, queue: str) -> set[int]:
-        """Every job id Redis holds for a queue (ready, delayed, processing): the periodic
+        """Every job id Redis holds for a queue (ready, delayed, processing, parked): the periodic
         reconcile's side of the diff. One pipeline; reads whole lists, so it is kept rare."""
         cmds: list[list[Any]] = [["LRANGE", k, 0, -1] for k in self.keys.ready_all(queue)]
         cmds += [["ZRANGE", self.keys.delayed(queue), 0, -1], ["ZRANGE", self.keys.processing(queue), 0, -1]]
+        cmds.append(["ZRANGE", self.keys.parked(queue), 0, -1])
+        res = await self.redis.pipeline(cmds)
         ids: set[int] = set()
-        for members in await self.redis.pipeline(cmds):
+        for members in res[:-1]:
             ids.update(member_id(m) for m in members or [])
+        ids.update(member_id(m.rsplit("|", 1)[1]) for m in res[-1] or [])  # "scope|order|member"
         return ids
 
     # --- metrics ------------------------------------------------------------------------------

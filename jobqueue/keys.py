@@ -56,7 +56,7 @@ class Keys:
         ]
 
     def ack_keys(self, queue: str) -> list[str]:
-        """A queue's 16 keys in ack.lua's order."""
+        """A queue's 17 keys in ack.lua's order."""
         return [
             self.processing(queue),
             self.delayed(queue),
@@ -64,6 +64,7 @@ class Keys:
             self.parked(queue),
             self.parked_keys(queue),
             self.limits(queue),
+            self.tat(queue),
             *self.ready_all(queue),
         ]
 
@@ -154,6 +155,11 @@ def limiter_suffix(type_tag: str, group: str | None) -> str:
 def type_tag(name: str) -> str:
     """A job type's short name in members and limiter scopes."""
     return hashlib.sha256(name.encode()).hexdigest()[:8]
+
+
+def has_scopes(member: str) -> bool:
+    """Whether flow control counts this member (it carries a limiter suffix)."""
+    return member.count(":") > 2
 
 
 def member_priority(member: str) -> int:

@@ -94,47 +94,47 @@ async def _restore_limits(broker: Broker, queues: list[Row]) -> None:
 
 
 async def _rebuild_rates(store: Store, broker: Broker, state: DrainState, clock: Clock, queues: list[Row]) -> None:
-    """After a flush, the rates' state (each scope's theoretical arrival time) from the starts
-    Postgres saw in the last period: a scope that started n jobs in its last period has
-    limit + burst - n starts left in it, as it would have had, so a flush cannot over-admit."""
-    rates: dict[str, dict[str, tuple[float, float]]] = {}  # queue -> scope kind -> (T, period)
+    """After a flush, each rate's state (its scope's theoretical arrival time, TAT) from Postgres:
+    from the latest start in each scope (jobs.last_started_at, any attempt's). A start admitted at
+    t left the TAT at most t + tau + T (GCRA admits only while t >= TAT - tau), so that is the TAT
+    restored: never earlier than the one lost, so a flush cannot over-admit; at worst a scope that
+    had room waits one emission interval past its last start, and its burst refills as before.
+    A scope whose last start is older than tau + T was back at a full burst, as it is restored."""
+    rates: dict[str, dict[str, tuple[float, float]]] = {}  # queue -> "q" or "g" -> (T, tau)
     type_rates = _type_rates(state.type_limits)
     for q in queues:
         st = QueueSettings.model_validate(q["settings"])
         kinds = {}
         if st.rate:
-            kinds["q"] = (st.rate.period_ms / st.rate.limit, float(st.rate.period_ms))
+            kinds["q"] = _gcra(st.rate.limit, st.rate.period_ms, st.rate.burst)
         if st.group_rate:
-            kinds["g"] = (st.group_rate.period_ms / st.group_rate.limit, float(st.group_rate.period_ms))
+            kinds["g"] = _gcra(st.group_rate.limit, st.group_rate.period_ms, st.group_rate.burst)
         if kinds:
             rates[q["name"]] = kinds
     if not rates and not type_rates:
         return
-    longest = max([p for k in rates.values() for _, p in k.values()] + [p for _, p in type_rates.values()])
-    now = clock.now()
+    reach = max(t + tau for k in [*rates.values(), type_rates] for t, tau in k.values())
     now_ms = clock.ms()
     names = sorted(state.queues | set(rates))
-    starts = await store.fetch("recent_starts", now - timedelta(milliseconds=longest), names)
-    counts: dict[str, dict[str, int]] = {}
-    for r in starts:
-        c = counts.setdefault(r["queue"], {})
-        c["q"] = c.get("q", 0) + int(r["n"])
-        tt, _, gh = (r["limiter"] or ":").partition(":")
-        for scope in (
-            ([f"t:{tt}"] if tt else []) + ([f"g:{gh}"] if gh else []) + ([f"t:{tt}:g:{gh}"] if tt and gh else [])
-        ):
-            c[scope] = c.get(scope, 0) + int(r["n"])
+    starts = await store.fetch("recent_starts", clock.now() - timedelta(milliseconds=reach), names)
     tats: dict[str, dict[str, float]] = {}
-    for queue, c in counts.items():
-        for scope, n in c.items():
-            rate = _rate_for(scope, rates.get(queue, {}), type_rates)
+    for r in starts:
+        last = to_ms(r["last_start"])
+        for scope in ["q", *scopes_of(r["limiter"])]:
+            rate = _rate_for(scope, rates.get(r["queue"], {}), type_rates)
             if rate is None:
                 continue
-            emission, period = rate
-            tat = now_ms + n * emission - period
-            if tat > now_ms:
-                tats.setdefault(queue, {})[scope] = tat
+            emission, tau = rate
+            tat = last + tau + emission
+            if tat > now_ms and tat > tats.get(r["queue"], {}).get(scope, 0):
+                tats.setdefault(r["queue"], {})[scope] = tat
     await broker.set_rate_state(tats)
+
+
+def _gcra(limit: float, period_ms: float, burst: float) -> tuple[float, float]:
+    """A rate's GCRA emission interval T and tolerance tau (claim.lua's parse_rate)."""
+    emission = period_ms / limit
+    return emission, (max(burst, 1) - 1) * emission
 
 
 def scopes_of(limiter: str | None) -> list[str]:
@@ -144,15 +144,15 @@ def scopes_of(limiter: str | None) -> list[str]:
 
 
 def _type_rates(spec: str) -> dict[str, tuple[float, float]]:
-    """`tag=c=..,r=L/P/B,gr=L/P/B` -> {"t:tag": (T, P), "t:tag:g": (T, P)}."""
+    """`tag=c=..,r=L/P/B,gr=L/P/B` -> {"t:tag": (T, tau), "t:tag:g": (T, tau)}."""
     out: dict[str, tuple[float, float]] = {}
     for entry in filter(None, spec.split(";")):
         tag, _, fields = entry.partition("=")
         for field in fields.split(","):
             name, _, value = field.partition("=")
             if name in ("r", "gr"):
-                limit, period, _burst = (float(x) for x in value.split("/"))
-                out[f"t:{tag}" + (":g" if name == "gr" else "")] = (period / limit, period)
+                limit, period, burst = (float(x) for x in value.split("/"))
+                out[f"t:{tag}" + (":g" if name == "gr" else "")] = _gcra(limit, period, burst)
     return out
 
 

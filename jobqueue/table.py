@@ -49,3 +49,4 @@ class Job(SQLModel, table=True):
     scheduled_for: datetime | None = SQLField(default=None, sa_column=Column(TIMESTAMP(timezone=True)))
     group_key: str | None = SQLField(default=None, sa_column=Column(Text, nullable=True))
     limiter: str | None = SQLField(default=None, sa_column=Column(Text, nullable=True))
+    last_started_at: datetime | None = SQLField(default=None, sa_column=Column(TIMESTAMP(timezone=True)))

@@ -27,7 +27,9 @@ know when the event happened, only when it is being sent. Headers:
 
 Outcomes: 2xx completes with `{"status_code", "duration_ms"}`. 408, 429, 5xx, timeouts, connection
 and DNS errors raise `DeliveryFailed`, which the engine retries with backoff; when such a response
-carries `Retry-After` (seconds or an HTTP date, capped at 24 h) it raises `RetryAfter` instead. 3xx
+carries `Retry-After` (seconds or an HTTP date, capped at 24 h) it raises `RetryAfter` instead, or
+for a 429 `RateLimited`: the receiver's group (below) is held that long and the delivery goes back
+to it without using an attempt. 3xx
 (redirects are not followed) and every other 4xx raise `PermanentError`: retrying cannot help.
 
 Destinations: unless WEBHOOK_ALLOW_PRIVATE_NETWORKS is set, a URL whose host is, or resolves to,
@@ -36,6 +38,9 @@ and IPv4 embedded in IPv6) is refused permanently, so a job cannot probe the wor
 a cloud metadata endpoint. An IP literal is judged before anything is sent; a name is resolved
 when a connection is opened, and the socket connects to the address that was checked (see
 http.py), so DNS rebinding between a check and the connect is not possible.
+
+Group: a delivery's group is its destination, host[:port] (`destination`), unless the request
+names one; a queue's or the type's group limits then apply per receiver.
 
 Bounds (slow or hostile receivers): the job's deadline bounds the whole request, queueing for a
 connection included, not each phase (a receiver trickling a byte a second ends at the deadline,
@@ -60,7 +65,7 @@ import httpx
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, field_validator
 from standardwebhooks.webhooks import EmptyWebhookSecretError, Webhook
 
-from jobqueue.errors import PermanentError, RetryAfter
+from jobqueue.errors import PermanentError, RateLimited, RetryAfter
 from jobqueue.models import Backoff
 from jobqueue.registry import Blueprint, JobContext
 from jobqueue.settings import Settings
@@ -169,9 +174,18 @@ class WebhookPayload(BaseModel):
         return v
 
 
+def destination(payload: WebhookPayload) -> str:
+    """A delivery's default group: its receiver, host[:port] as the URL names it, so limits set
+    per group (group_concurrency, group_rate) apply per receiving endpoint, and one slow or
+    throttling receiver never holds back another's deliveries."""
+    url = httpx.URL(payload.url)
+    return f"{url.host}:{url.port}" if url.port is not None else url.host
+
+
 @blueprint.job(
     "webhook.deliver",
     model=WebhookPayload,
+    group=destination,
     # 12 attempts with this backoff span about 2.4 hours (5 s doubling, capped at 1 h), enough to
     # ride out a receiver's deploy or short outage before the job reaches the dead-letter queue.
     max_attempts=12,
@@ -339,6 +353,10 @@ def _classify(resp: httpx.Response, snippet: str) -> Exception:
         )
     if status in RETRYABLE_4XX or status >= 500:
         delay_ms = retry_after_ms(resp.headers.get("retry-after"), time.time())
+        if delay_ms is not None and status == 429:
+            # "Too many requests, come back then": the receiver's whole group waits that long,
+            # and this delivery goes back to it without using an attempt.
+            return RateLimited(delay_ms, f"{detail} (Retry-After: {delay_ms} ms)")
         if delay_ms is not None:
             return RetryAfter(delay_ms, f"{detail} (Retry-After: {delay_ms} ms)")
         return DeliveryFailed(detail)

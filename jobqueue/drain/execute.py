@@ -1,5 +1,5 @@
 """Run one granted job: validate its payload, call its handler under its timeout, and turn what
-happened into an `Outcome` (completed, retried with backoff, or failed). Never raises: every
+happened into an `Outcome` (completed, retried with backoff, rate limited, or failed). Never raises: every
 failure of a handler is an outcome of its job, not of the drain."""
 
 from __future__ import annotations
@@ -25,6 +25,9 @@ from .report import Outcome
 joblog = logging.getLogger("jobqueue.jobs")
 
 MAX_ERROR_CHARS = 4000
+# RateLimited gives its attempt back, but not forever: once a job's history holds this many
+# entries (starts and requeues), a RateLimited counts as an attempt like RetryAfter.
+RATE_LIMITED_FREE_STARTS = 200
 
 
 class Executor:
@@ -69,9 +72,15 @@ class Executor:
         except RetryAfter as e:
             out = self._retry_or_fail(row, f"RetryAfter: {e.reason}", e.delay_ms)
         except RateLimited as e:
-            # Back to its group, held there for retry_after_ms; the attempt is not counted.
-            until = self.clock.now() + timedelta(milliseconds=min(e.retry_after_ms, MAX_DELAY_MS))
-            out = Outcome(row, "rate_limited", "pending", error=clean(f"RateLimited: {e.reason}"), run_at=until)
+            if (row.get("history_len") or 0) >= RATE_LIMITED_FREE_STARTS:
+                # A receiver that says "slow down" forever: from here on each one counts as an
+                # attempt, so the job reaches the dead-letter queue rather than wait for good
+                # (and its history stops growing).
+                out = self._retry_or_fail(row, f"RateLimited: {e.reason}", e.retry_after_ms)
+            else:
+                # Back to its group, held there for retry_after_ms; the attempt is not counted.
+                until = self.clock.now() + timedelta(milliseconds=min(e.retry_after_ms, MAX_DELAY_MS))
+                out = Outcome(row, "rate_limited", "pending", error=clean(f"RateLimited: {e.reason}"), run_at=until)
         except TimeoutError:
             out = self._retry_or_fail(row, f"TimeoutError: timed out after {int(timeout_s * 1000)} ms", None)
         except Exception as e:

@@ -29,6 +29,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from ..broker import Ack, Claimed
+from ..keys import has_scopes
 from ..clock import iso, to_ms
 from ..reconcile import reconcile, sweep
 from .execute import Executor, log_outcome, released
@@ -101,6 +102,10 @@ class Drain:
         self._last_empty_at: float | None = None  # loop time of the last claim that found nothing
         self._rediscovered = False  # the last claim found new queues or a rebuilt index
         self._finished_at = 0.0  # loop time a job last finished
+        # An outcome that, once recorded, may make work due or gate it (a retry, a release, a
+        # RateLimited, a slot freed in a flow-control scope): the drain looks again after it
+        # rather than end idle while it is being written.
+        self._may_unblock = False
         # A handler raised a BaseException (SystemExit, KeyboardInterrupt): the process is going
         # down, so the drain stops at once, as if it had died, and lets it propagate.
         self._fatal: BaseException | None = None
@@ -226,7 +231,7 @@ class Drain:
                 backoff = 0.0
                 self._last_empty_at = None
                 continue
-            if self.busy == 0 and not self._rediscovered:
+            if self.busy == 0 and not self._rediscovered and not (self.recorder.backlog and self._may_unblock):
                 return  # idle
             if self._rediscovered:
                 continue  # new queues, a rebuilt index or restored jobs: look again at once
@@ -375,6 +380,8 @@ class Drain:
                 out = released(row, token)
             else:
                 out = await self.executor.run(row, token, min(row["timeout_ms"] / 1000, remaining))
+            if out.outcome not in ("completed", "failed") or has_scopes(self.members[row["id"]][1]):
+                self._may_unblock = True
             out.granted_at = granted_at
             self.recorder.add(out)
         except asyncio.CancelledError:

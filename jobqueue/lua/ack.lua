@@ -6,8 +6,9 @@
 -- acknowledgement replayed, or of a lease already taken over, changes nothing) frees its slot in
 -- each of its scopes, and wakes those scopes if jobs wait on them for a slot (see claim.lua).
 --
--- KEYS: per queue i (0-based), 16 keys at 1 + 16*i: processing ZSET, delayed ZSET, inflight HASH,
---   parked ZSET, parked_keys ZSET, limits HASH, ready lists for priority 9 down to 0.
+-- KEYS: per queue i (0-based), 17 keys at 1 + 17*i: processing ZSET, delayed ZSET, inflight HASH,
+--   parked ZSET, parked_keys ZSET, limits HASH, tat HASH (where a scope's hold is kept, as
+--   "h:{scope}"), ready lists for priority 9 down to 0.
 -- ARGV[1]  now in ms; then per queue, five counted sections:
 --   n, then n lease members to remove ("member|token")
 --   n, then n pairs (due ms, member) to retry
@@ -32,6 +33,14 @@ local function scopes_of(m)
   return s
 end
 
+-- A parked entry: "scope|order|member", all scored 0 so that lex order within a scope is the
+-- order the jobs would run in: priority, then enqueue time, then id, zero-padded (a bare id would
+-- sort "10" before "9").
+local function parked_entry(s, m)
+  local p, ms, id = string.match(m, "^(%d+):(%d+):(%d+)")
+  return s .. "|" .. p .. ":" .. string.format("%015d:%019d", tonumber(ms), tonumber(id)) .. "|" .. m
+end
+
 local function member_of(lease)
   return string.match(lease, "^([^|]+)")
 end
@@ -44,9 +53,9 @@ local function section(width)
   return items
 end
 
-for b = 1, #KEYS, 16 do
+for b = 1, #KEYS, 17 do
   local processing, delayed, inflight = KEYS[b], KEYS[b + 1], KEYS[b + 2]
-  local parked, parked_keys, limits = KEYS[b + 3], KEYS[b + 4], KEYS[b + 5]
+  local parked, parked_keys, limits, tat = KEYS[b + 3], KEYS[b + 4], KEYS[b + 5], KEYS[b + 6]
   local delta = {}
 
   -- Leases that end: only those still in the set free their slots.
@@ -76,7 +85,7 @@ for b = 1, #KEYS, 16 do
     if byp[p] == nil then byp[p] = {} end
     table.insert(byp[p], m)
   end
-  for p, ms in pairs(byp) do redis.call("RPUSH", KEYS[b + 6 + (9 - p)], unpack(ms)) end
+  for p, ms in pairs(byp) do redis.call("RPUSH", KEYS[b + 7 + (9 - p)], unpack(ms)) end
 
   -- Hand a lease back to the drain that holds it; an entry that comes back takes its slots again.
   local handbacks = section(2)
@@ -98,24 +107,38 @@ for b = 1, #KEYS, 16 do
   -- scope holds its whole queue.
   local parks = section(2)
   if #parks > 0 then
-    local members, keys = {}, {}
+    local members, keys, held = {}, {}, {}
     local hold = nil
     for j = 1, #parks, 2 do
       local until_ms, m = tonumber(parks[j]), parks[j + 1]
       local scopes = scopes_of(m)
       if scopes then
         local s = scopes[#scopes]
-        table.insert(members, 0); table.insert(members, s .. "|" .. m)
+        table.insert(members, 0); table.insert(members, parked_entry(s, m))
         table.insert(keys, until_ms); table.insert(keys, s)
+        if held[s] == nil or until_ms > held[s] then held[s] = until_ms end
       else
         hold = math.max(hold or 0, until_ms)
-        redis.call("RPUSH", KEYS[b + 6 + (9 - (999999 - tonumber(string.sub(m, 1, 6))))], m)
+        redis.call("RPUSH", KEYS[b + 7 + (9 - (999999 - tonumber(string.sub(m, 1, 6))))], m)
       end
     end
     if #members > 0 then
       redis.call("ZADD", parked, unpack(members))
       redis.call("ZADD", parked_keys, "GT", unpack(keys))
       redis.call("HSET", limits, "p", 1)
+      -- The hold itself, which claims check for every member of the scope (a slot freeing
+      -- wakes the scope early; the hold still stands).
+      local names = {}
+      for s, _ in pairs(held) do table.insert(names, "h:" .. s) end
+      local old = redis.call("HMGET", tat, unpack(names))
+      local set = {}
+      for j, name in ipairs(names) do
+        local until_ms = held[string.sub(name, 3)]
+        if not old[j] or tonumber(old[j]) < until_ms then
+          table.insert(set, name); table.insert(set, until_ms)
+        end
+      end
+      if #set > 0 then redis.call("HSET", tat, unpack(set)) end
     end
     if hold then
       local old = tonumber(redis.call("HGET", limits, "hold") or "0")

@@ -13,7 +13,7 @@
 -- start before this time, after a RateLimited of a job that has no scope) and the
 -- types' (ARGV). Queue concurrency is the live leases in `processing` (ZCOUNT past now), queue
 -- and scope rates are GCRA (`tat` HASH: the theoretical arrival time per scope). A member over a
--- scope's limit is parked under that scope (`parked` ZSET, member "scope|member", all scores 0,
+-- scope's limit is parked under that scope (`parked` ZSET, member "scope|order|member", all scores 0,
 -- so lex order = priority then age: FIFO per scope) and its scope is listed in `parked_keys`
 -- (score: when it may be admissible again, or 9e15 while it waits for a slot; ack.lua lowers it
 -- when a slot frees). A scope in `parked_keys` parks every new member behind the waiting ones.
@@ -156,6 +156,18 @@ local function suffix(m)
   return tt, gh
 end
 
+-- A parked entry: "scope|order|member", all scored 0 so that lex order within a scope is the
+-- order the jobs would run in: priority, then enqueue time, then id, zero-padded (a bare id would
+-- sort "10" before "9").
+local function order_key(m)
+  local p, ms, id = string.match(m, "^(%d+):(%d+):(%d+)")
+  return p .. ":" .. string.format("%015d:%019d", tonumber(ms), tonumber(id))
+end
+
+local function parked_entry(s, m)
+  return s .. "|" .. order_key(m) .. "|" .. m
+end
+
 local function scopes_of(m)
   local tt, gh = suffix(m)
   if tt == nil then return nil end
@@ -202,64 +214,21 @@ for i = 0, nqueues - 1 do
         redis.call("RPUSH", KEYS[base + 7 + (9 - p)], unpack(ms))
       end
     end
-    -- Recover expired leases: the worker that held them is gone or late (Postgres decides: a
-    -- lease still valid there is handed back to its holder by the caller). A recovered job keeps
-    -- its slot in its scopes (it never left them); it counts as a start for the queue's rate.
-    local expired = {}
-    if qlimit > 0 then
-      expired = redis.call("ZRANGEBYSCORE", processing, "-inf", now, "LIMIT", 0, qlimit)
-    end
-    if #expired > 0 then
-      redis.call("ZREM", processing, unpack(expired))
-      for _, m in ipairs(expired) do
-        local bar = string.find(m, "|", 1, true)
-        table.insert(recovered, bar and string.sub(m, 1, bar - 1) or m)
-      end
-      qlimit = qlimit - #expired
-    end
-
     local lim = {}
     local raw = redis.call("HGETALL", K_limits)
     for j = 1, #raw, 2 do lim[raw[j]] = raw[j + 1] end
     local qconc, qrate = tonumber(lim.c), parse_rate(lim.r)
     local gconc, grate = tonumber(lim.gc), parse_rate(lim.gr)
     local aging = tonumber(lim.aging)
+    local hold = tonumber(lim.hold)
+    if hold and hold <= now then hold = nil end
     local limited = qconc or qrate or gconc or grate or any_type_limits or lim.p
 
-    -- The queue's own limits bound the budget before anything is popped: nothing is taken only
-    -- to be put back.
-    local budget = qlimit
-    local qtat = nil
-    local hold = tonumber(lim.hold)
-    if hold and hold > now then
-      -- A handler said "slow down" (RateLimited) for a job of no scope: the queue waits.
-      budget = 0
-      gated = hold
-    end
-    if qconc then
-      local live = redis.call("ZCOUNT", processing, "(" .. now, "+inf") + #recovered
-      if qconc - live < budget then
-        budget = qconc - live
-        if budget <= 0 then gated = BLOCKED end
-      end
-    end
-    if qrate then
-      local raw_tat = redis.call("HGET", K_tat, "q")
-      local n, t = room(tonumber(raw_tat), qrate)
-      qtat = t + #recovered * qrate.T
-      n = n - #recovered
-      if n < budget then
-        budget = n
-        if budget <= 0 then
-          local reopen = qtat - qrate.tau
-          if not gated or reopen < gated then gated = reopen end
-        end
-      end
-    end
-
     -- Counts and TATs of the scopes this claim touches, read once (HMGET) and written once.
-    local inflight, tats, parked_at = {}, {}, {}
-    local dirty_inflight, dirty_tat = {}, {}
+    local inflight, tats, parked_at, holds = {}, {}, {}, {}
+    local dirty_inflight, dirty_tat, stale_holds = {}, {}, {}
+    local qtat = nil
+    if qrate then qtat = tonumber(redis.call("HGET", K_tat, "q")) end
     local function load(scopes)
       local need = {}
       for s, _ in pairs(scopes) do
@@ -267,11 +236,20 @@ for i = 0, nqueues - 1 do
       end
       if #need == 0 then return end
       local counts = redis.call("HMGET", K_inflight, unpack(need))
-      local times = redis.call("HMGET", K_tat, unpack(need))
+      -- Each scope's TAT and its hold ("h:" .. scope: a RateLimited until then), in one read.
+      local fields = {}
+      for _, s in ipairs(need) do table.insert(fields, s); table.insert(fields, "h:" .. s) end
+      local times = redis.call("HMGET", K_tat, unpack(fields))
       local waits = redis.call("ZMSCORE", K_parked_keys, unpack(need))
       for j, s in ipairs(need) do
         inflight[s] = tonumber(counts[j]) or 0
-        tats[s] = tonumber(times[j])
+        tats[s] = tonumber(times[2 * j - 1])
+        local hold_until = tonumber(times[2 * j])
+        if hold_until and hold_until > now then
+          holds[s] = hold_until
+        elseif hold_until then
+          table.insert(stale_holds, "h:" .. s)
+        end
         parked_at[s] = waits[j] and tonumber(waits[j]) or nil
       end
     end
@@ -285,14 +263,119 @@ for i = 0, nqueues - 1 do
       return gconc, grate
     end
 
+    -- Recover expired leases: the worker that held them is gone or late (Postgres decides: a
+    -- lease still valid there is handed back to its holder by the caller). A recovered job keeps
+    -- its slot in its scopes (it never left them), but running it again is a start: where a rate
+    -- (or a RateLimited hold) has no room for it now, its entry waits in the processing set until
+    -- the rate reopens, its slot still held.
+    local expired = {}
+    if qlimit > 0 then
+      expired = redis.call("ZRANGEBYSCORE", processing, "-inf", now, "LIMIT", 0, qlimit)
+    end
+    if #expired > 0 then
+      local sc = {}
+      for _, m in ipairs(expired) do
+        for _, s in ipairs(scopes_of(string.match(m, "^([^|]+)")) or {}) do sc[s] = true end
+      end
+      load(sc)
+      local later, retaken = {}, {}
+      for _, m in ipairs(expired) do
+        local reopen = hold
+        if qrate and room(qtat, qrate) < 1 then
+          local _, t = room(qtat, qrate)
+          reopen = math.max(reopen or 0, t - qrate.tau)
+        end
+        local scopes = scopes_of(string.match(m, "^([^|]+)")) or {}
+        for _, s in ipairs(scopes) do
+          local _, r = limits_of(s)
+          if holds[s] then reopen = math.max(reopen or 0, holds[s]) end
+          if r and room(tats[s], r) < 1 then
+            local _, t = room(tats[s], r)
+            reopen = math.max(reopen or 0, t - r.tau)
+          end
+        end
+        if reopen then
+          table.insert(later, reopen); table.insert(later, m)
+        else
+          if qrate then
+            local _, t = room(qtat, qrate)
+            qtat = t + qrate.T
+          end
+          for _, s in ipairs(scopes) do
+            local _, r = limits_of(s)
+            if r then
+              local _, t = room(tats[s], r)
+              tats[s] = t + r.T
+              dirty_tat[s] = true
+            end
+          end
+          local bar = string.find(m, "|", 1, true)
+          table.insert(recovered, bar and string.sub(m, 1, bar - 1) or m)
+          table.insert(retaken, m)
+        end
+      end
+      if #retaken > 0 then redis.call("ZREM", processing, unpack(retaken)) end
+      if #later > 0 then
+        redis.call("ZADD", processing, unpack(later))
+        for j = 1, #later, 2 do
+          if not gated or later[j] < gated then gated = later[j] end
+        end
+      end
+      qlimit = qlimit - #recovered
+    end
+
+    -- The queue's own limits bound the budget before anything is popped: nothing is taken only
+    -- to be put back.
+    local budget = qlimit
+    if hold then
+      -- A handler said "slow down" (RateLimited) for a job of no scope: the queue waits.
+      budget = 0
+      gated = hold
+    end
+    if qconc then
+      -- Live leases (the deferred recoveries included: their jobs will run) plus the recovered.
+      local live = redis.call("ZCOUNT", processing, "(" .. now, "+inf") + #recovered
+      if qconc - live < budget then
+        budget = qconc - live
+        if budget <= 0 then gated = BLOCKED end
+      end
+    end
+    if qrate then
+      local n, t = room(qtat, qrate)
+      qtat = t
+      if n < budget then
+        budget = n
+        if budget <= 0 then
+          local reopen = t - qrate.tau
+          if not gated or reopen < gated then gated = reopen end
+        end
+      end
+    end
+
     local admitted = 0
     local park_members, park_keys = {}, {}
+    local offset = {}  -- per scope, its members an unpark pass took (removed at the pass's end)
+    local heads = {}  -- per scope, the order key of its oldest member in Redis (false: none)
+    local pending = {}  -- per scope, the oldest order key parked by this claim (written at its end)
     local function park(s, m, eligible)
-      table.insert(park_members, 0); table.insert(park_members, s .. "|" .. m)
+      local key = order_key(m)
+      table.insert(park_members, 0); table.insert(park_members, s .. "|" .. key .. "|" .. m)
       if parked_at[s] == nil or eligible < parked_at[s] then
         parked_at[s] = eligible
         park_keys[s] = eligible
       end
+      if pending[s] == nil or key < pending[s] then pending[s] = key end
+    end
+    -- Whether a scope has a member waiting that was enqueued before `m`, which `m` must then wait
+    -- behind (FIFO per scope). Read once per scope and pass, past what the pass took from it.
+    local function older_waiting(s, m)
+      if heads[s] == nil then
+        local first = redis.call(
+          "ZRANGEBYLEX", K_parked, "[" .. s .. "|", "[" .. s .. "|\255", "LIMIT", offset[s] or 0, 1)
+        heads[s] = first[1] and string.match(first[1], "^[^|]*|([^|]*)|") or false
+      end
+      local key = order_key(m)
+      return (heads[s] and heads[s] < key) or (pending[s] ~= nil and pending[s] < key)
     end
     -- Admit a member (from the ready lists, or `from` the parked scope it waited in) or park it.
     local function consider(m, from)
@@ -307,8 +390,12 @@ for i = 0, nqueues - 1 do
         return false
       end
       for _, s in ipairs(scopes) do
-        if s ~= from and parked_at[s] ~= nil then
+        if s ~= from and parked_at[s] ~= nil and older_waiting(s, m) then
           park(s, m, parked_at[s])  -- behind the members already waiting there: FIFO per scope
+          return false
+        end
+        if holds[s] then
+          park(s, m, holds[s])  -- a handler said "slow down" for this scope
           return false
         end
         local c, r = limits_of(s)
@@ -337,9 +424,30 @@ for i = 0, nqueues - 1 do
       return true
     end
 
+    -- Write the members parked so far, and their scopes' times (a scope being served gets its
+    -- new time as is; another keeps an earlier one: LT).
+    local parked_any = false
+    local served = {}  -- the scopes an unpark pass served
+    local function write_parks()
+      if #park_members == 0 then return end
+      redis.call("ZADD", K_parked, unpack(park_members))
+      local lower, set = {}, {}
+      for s, at in pairs(park_keys) do
+        local into = served[s] ~= nil and set or lower
+        table.insert(into, at); table.insert(into, s)
+      end
+      if #lower > 0 then redis.call("ZADD", K_parked_keys, "LT", unpack(lower)) end
+      if #set > 0 then redis.call("ZADD", K_parked_keys, unpack(set)) end
+      if not lim.p then
+        redis.call("HSET", K_limits, "p", 1)
+        lim.p = "1"
+      end
+      park_members, park_keys, pending, heads = {}, {}, {}, {}
+      parked_any = true
+    end
+
     -- Parked members first (they are older): the scopes whose wait is over, least recently
     -- served first, each up to what its limits allow now; fair scopes in turns, a share each.
-    local served = {}
     local function unpark()
       if not limited or admitted >= budget then return end
       local ready_keys = redis.call("ZRANGEBYSCORE", K_parked_keys, "-inf", now, "LIMIT", 0, UNPARK_KEYS)
@@ -348,7 +456,6 @@ for i = 0, nqueues - 1 do
       for _, s in ipairs(ready_keys) do want[s] = true end
       load(want)
       local unparked, rescore, gone = {}, {}, {}
-      local offset = {}  -- members of a scope taken in this pass (removed only at its end)
       local open = ready_keys
       while #open > 0 and admitted < budget do
         local quantum = math.max(1, math.floor((budget - admitted) / #open))
@@ -360,7 +467,7 @@ for i = 0, nqueues - 1 do
             "ZRANGEBYLEX", K_parked, "[" .. s .. "|", "[" .. s .. "|\255", "LIMIT", offset[s] or 0, take)
           local sc = {}
           for _, pm in ipairs(members) do
-            for _, x in ipairs(scopes_of(string.sub(pm, #s + 2)) or {}) do sc[x] = true end
+            for _, x in ipairs(scopes_of(string.match(pm, "|([^|]*)$")) or {}) do sc[x] = true end
           end
           load(sc)
           parked_at[s] = nil  -- being served: its own members are not parked behind it
@@ -369,11 +476,12 @@ for i = 0, nqueues - 1 do
           for _, pm in ipairs(members) do
             table.insert(unparked, pm)  -- it leaves here either way: admitted, or parked again
             offset[s] = (offset[s] or 0) + 1
-            if not consider(string.sub(pm, #s + 2), s) then
+            if not consider(string.match(pm, "|([^|]*)$"), s) then
               blocked = true
               break
             end
           end
+          heads[s] = nil  -- its oldest is further on now
           if not blocked and #members == take then
             table.insert(still, s)  -- may hold more: another turn if the budget allows
           elseif not blocked then
@@ -391,11 +499,14 @@ for i = 0, nqueues - 1 do
       end
       local gone_list = {}
       for s, _ in pairs(gone) do
-        if park_keys[s] == nil then table.insert(gone_list, s) end
+        -- Unlisted only if nothing was parked under it by this claim either (those entries are
+        -- written at its end, and a scope listed already keeps its time rather than get one).
+        if park_keys[s] == nil and pending[s] == nil then table.insert(gone_list, s) end
       end
       if #unparked > 0 then redis.call("ZREM", K_parked, unpack(unparked)) end
       if #rescore > 0 then redis.call("ZADD", K_parked_keys, unpack(rescore)) end
       if #gone_list > 0 then redis.call("ZREM", K_parked_keys, unpack(gone_list)) end
+      offset, heads = {}, {}  -- what this pass took is gone from Redis now
     end
 
     if budget > 0 then
@@ -439,7 +550,10 @@ for i = 0, nqueues - 1 do
         load(sc)  -- no Redis call unless grouped or limited members were popped
         for _, m in ipairs(r[2]) do consider(m, nil) end
       end
-      unpark()  -- a fair type's members parked just now get their turns too
+      if #park_members > 0 then
+        write_parks()  -- so that the members parked just now (a fair type's) get their turns too
+        unpark()
+      end
     end
 
     -- Write back what changed: counts, TATs, parked members and scopes, the lease of each taken.
@@ -448,26 +562,17 @@ for i = 0, nqueues - 1 do
     if #hs > 0 then redis.call("HSET", K_inflight, unpack(hs)) end
     local ts = {}
     for s, _ in pairs(dirty_tat) do table.insert(ts, s); table.insert(ts, tats[s]) end
-    if qtat and qrate then
+    if qrate and admitted + #recovered > 0 then
       table.insert(ts, "q"); table.insert(ts, qtat + math.max(0, admitted) * qrate.T)
     end
     if #ts > 0 then redis.call("HSET", K_tat, unpack(ts)) end
-    if #park_members > 0 then
-      redis.call("ZADD", K_parked, unpack(park_members))
-      local lower, set = {}, {}
-      for s, at in pairs(park_keys) do
-        -- A scope being served gets its new time as is; another keeps its earlier one (LT).
-        local into = served[s] ~= nil and set or lower
-        table.insert(into, at); table.insert(into, s)
-      end
-      if #lower > 0 then redis.call("ZADD", K_parked_keys, "LT", unpack(lower)) end
-      if #set > 0 then redis.call("ZADD", K_parked_keys, unpack(set)) end
-      redis.call("HSET", K_limits, "p", 1)
-    elseif lim.p and redis.call("ZCARD", K_parked_keys) == 0 then
+    if #stale_holds > 0 then redis.call("HDEL", K_tat, unpack(stale_holds)) end
+    write_parks()
+    if not parked_any and lim.p and redis.call("ZCARD", K_parked_keys) == 0 then
       redis.call("HDEL", K_limits, "p")
       lim.p = nil
     end
-    if (lim.p or #park_members > 0) and admitted < budget then
+    if (lim.p or parked_any) and admitted < budget then
       -- Gated: work waits on a limit while there was room. The earliest a parked scope may
       -- open (BLOCKED: when a slot frees).
       local head = redis.call("ZRANGEBYSCORE", K_parked_keys, "(" .. now, "+inf", "WITHSCORES", "LIMIT", 0, 1)

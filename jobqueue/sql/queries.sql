@@ -124,6 +124,7 @@ run AS (
         lease_expires_at = LEAST($2::timestamptz + make_interval(secs => j.timeout_ms / 1000.0), $4::timestamptz)
                            + make_interval(secs => $5::int / 1000.0),
         started_at = COALESCE(j.started_at, $2),
+        last_started_at = $2,
         history = (CASE WHEN c.status = 'processing' AND jsonb_array_length(j.history) > 0
                         THEN jsonb_set(j.history, ARRAY[(jsonb_array_length(j.history) - 1)::text],
                                        (j.history -> -1) || jsonb_build_object('ended_at', $6::text, 'outcome', 'lost',
@@ -136,20 +137,22 @@ run AS (
       AND NOT (c.status = 'scheduled' AND c.run_at > $2)
     RETURNING j.id, j.queue, j.type, j.payload, j.attempts, j.max_attempts, j.timeout_ms,
               j.backoff::text AS backoff, j.priority, j.created_at, (c.status = 'processing') AS recovered,
-              j.lease_expires_at
+              j.lease_expires_at, jsonb_array_length(j.history) AS history_len
 )
 SELECT 'run' AS kind, id, queue, type, payload, attempts, max_attempts, timeout_ms, backoff,
        priority, created_at, recovered, NULL::timestamptz AS run_at, NULL::text AS error,
-       NULL::text AS lease_token, lease_expires_at FROM run
+       NULL::text AS lease_token, lease_expires_at, history_len FROM run
 UNION ALL
-SELECT 'dead', id, queue, type, NULL, attempts, NULL, NULL, NULL::text, NULL, NULL, true, NULL, error, NULL, NULL
+SELECT 'dead', id, queue, type, NULL, attempts, NULL, NULL, NULL::text, NULL, NULL, true, NULL, error, NULL, NULL,
+       NULL
 FROM dead
 UNION ALL
-SELECT 'defer', id, NULL, NULL, NULL, NULL, NULL, NULL, NULL::text, NULL, NULL, false, run_at, NULL, NULL, NULL
+SELECT 'defer', id, NULL, NULL, NULL, NULL, NULL, NULL, NULL::text, NULL, NULL, false, run_at, NULL, NULL, NULL,
+       NULL
 FROM cand WHERE status = 'scheduled' AND run_at > $2
 UNION ALL
 SELECT 'held', id, NULL, NULL, NULL, NULL, NULL, NULL, NULL::text, NULL, NULL, false, NULL, NULL, lease_token,
-       lease_expires_at
+       lease_expires_at, NULL
 FROM held;
 
 -- name: extend_leases
@@ -242,7 +245,7 @@ RETURNING id, queue, priority, status, created_at, run_at, lease_expires_at, lim
 
 -- name: active_jobs
 -- Unfinished jobs for reconcile (all queues when $1 is null), keyset-paged on id.
-SELECT id, queue, priority, status, created_at, run_at, lease_expires_at, limiter FROM jobs
+SELECT id, queue, priority, status, created_at, run_at, lease_expires_at, lease_token, limiter FROM jobs
 WHERE status IN ('pending', 'scheduled', 'processing') AND ($1::text IS NULL OR queue = $1) AND id > $2
 ORDER BY id LIMIT $3;
 
@@ -278,10 +281,10 @@ ON CONFLICT (name) DO UPDATE SET settings = EXCLUDED.settings, updated_at = EXCL
 RETURNING name, paused, settings;
 
 -- name: recent_starts
--- Starts per queue and flow-control suffix since $1 (jobs.started_at: a job's first start), and
--- the latest: after Redis lost its limiters, the rates' state is rebuilt from these.
-SELECT queue, COALESCE(limiter, '') AS limiter, count(*)::bigint AS n
-FROM jobs WHERE started_at > $1 AND queue = ANY($2::text[])
+-- The latest start per queue and flow-control suffix since $1 (jobs.last_started_at, any attempt's):
+-- after Redis lost its limiters, each rate's state is rebuilt from these (reconcile.py).
+SELECT queue, COALESCE(limiter, '') AS limiter, max(last_started_at) AS last_start
+FROM jobs WHERE last_started_at > $1 AND queue = ANY($2::text[])
 GROUP BY queue, limiter;
 
 -- name: metrics_counts

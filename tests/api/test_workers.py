@@ -20,7 +20,7 @@ from jobqueue.web.kick import QStashKicker, install_kicker, qstash_kicker
 
 from .conftest import APP_SETTINGS, AUTH, WORKER_AUTH
 
-REPORT_KEYS = {"claimed", "completed", "retried", "failed", "released", "recovered", "duration_ms", "more"}
+REPORT_KEYS = {"claimed", "completed", "retried", "failed", "released", "recovered", "duration_ms", "more", "gated_until"}
 QSTASH = {"QSTASH_TOKEN": "qstash-test-token", "QSTASH_URL": "https://qstash.test"}
 PUBLISH = "https://qstash.test/v2/publish/https://jobs.example.test/api/workers"
 
@@ -44,13 +44,15 @@ async def test_drain_answers_exactly_the_report(client: httpx.AsyncClient, jq: J
         "released": 0,
         "recovered": 0,
         "more": False,
+        "gated_until": None,  # nothing waits on a flow-control limit
     }
     assert {(await jq.get(i))["status"] for i in ok} == {"completed"}
     assert (await jq.get(dead))["status"] == "failed"
     # An idle tick: nothing to do, same shape.
     idle = (await client.get("/api/workers", headers=WORKER_AUTH)).json()
-    counts = {k: v for k, v in idle.items() if k not in ("duration_ms", "more")}
-    assert counts == dict.fromkeys(REPORT_KEYS - {"duration_ms", "more"}, 0) and idle["more"] is False
+    counts = {k: v for k, v in idle.items() if k not in ("duration_ms", "more", "gated_until")}
+    assert counts == dict.fromkeys(REPORT_KEYS - {"duration_ms", "more", "gated_until"}, 0)
+    assert idle["more"] is False and idle["gated_until"] is None
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from jobqueue.builtins import default_registry, webhook
 from jobqueue.builtins.webhook import DeliveryFailed, WebhookPayload, deliver
 from jobqueue.clock import FakeClock, to_ms
 from jobqueue.engine import JobQueue
-from jobqueue.errors import InvalidJob, PermanentError, RetryAfter
+from jobqueue.errors import InvalidJob, PermanentError, RateLimited, RetryAfter
 from jobqueue.registry import JobContext
 from jobqueue.settings import Settings
 
@@ -285,21 +285,28 @@ async def test_transport_errors_are_retryable(
     assert isinstance(e.value.__cause__, exc)
 
 
-@pytest.mark.parametrize("status", [429, 503])
-async def test_retry_after_seconds(respx_mock: respx.MockRouter, dns: list[str], status: int) -> None:
-    respx_mock.post(TARGET).mock(return_value=httpx.Response(status, headers={"Retry-After": "7"}))
+async def test_retry_after_seconds_on_a_503_retries_then(respx_mock: respx.MockRouter, dns: list[str]) -> None:
+    respx_mock.post(TARGET).mock(return_value=httpx.Response(503, headers={"Retry-After": "7"}))
     with pytest.raises(RetryAfter) as e:
         await run()
     assert e.value.delay_ms == 7000
-    assert e.value.reason.startswith(f"HTTP {status}")
+    assert e.value.reason.startswith("HTTP 503")
+
+
+async def test_a_429_with_retry_after_holds_the_receivers_group(respx_mock: respx.MockRouter, dns: list[str]) -> None:
+    respx_mock.post(TARGET).mock(return_value=httpx.Response(429, headers={"Retry-After": "7"}))
+    with pytest.raises(RateLimited) as e:
+        await run()
+    assert e.value.retry_after_ms == 7000
+    assert e.value.reason.startswith("HTTP 429")
 
 
 async def test_retry_after_http_date(respx_mock: respx.MockRouter, dns: list[str]) -> None:
     when = datetime.fromtimestamp(int(time.time()) + 120, UTC)
     respx_mock.post(TARGET).mock(return_value=httpx.Response(429, headers={"Retry-After": format_datetime(when, True)}))
-    with pytest.raises(RetryAfter) as e:
+    with pytest.raises(RateLimited) as e:
         await run()
-    assert 115_000 <= e.value.delay_ms <= 120_000
+    assert 115_000 <= e.value.retry_after_ms <= 120_000
 
 
 @pytest.mark.parametrize(
