@@ -20,6 +20,8 @@ from typing import Any
 from .errors import JobQueueError
 from .settings import Settings
 
+CLEAR = "none"  # as jobqueue.queue_admin.CLEAR (not imported: it loads pydantic)
+
 
 class UsageError(JobQueueError):
     """The command line is not valid."""
@@ -175,6 +177,14 @@ def build_parser() -> argparse.ArgumentParser:
         sp = _command(sub, name, does)
         sp.add_argument("queue", help="the queue's name")
 
+    qs = _command(sub, "queues", "every queue with its counts and settings (or: queues set NAME ... to change them)")
+    qsub = qs.add_subparsers(dest="queues_cmd", required=False, metavar="ACTION")
+    _command(qsub, "list", "every queue with its counts, pause flag and settings (the default)")
+    qset = _command(qsub, "set", f"change a queue's settings (options not given stay; '{CLEAR}' clears one); prints it")
+    qset.add_argument("queue", metavar="NAME", help="the queue's name")
+    for flag, metavar, does in QUEUE_OPTIONS:
+        qset.add_argument(flag, metavar=metavar, help=f"{does}; '{CLEAR}' clears it")
+
     sch = _command(sub, "schedules", "recurring jobs: list, sync the code's, pause, resume, trigger, delete")
     ssub = sch.add_subparsers(dest="schedules_cmd", required=True, metavar="ACTION")
     _command(ssub, "list", "every schedule with its next and last run")
@@ -197,6 +207,45 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--token", required=True, help="the bearer token clients must send")
     up.add_argument("--latency-ms", type=float, default=0.0, help="added delay per request, to mimic a network")
     return p
+
+
+# --flag, metavar, help: the options of `queues set` (jobqueue/queue_admin.py reads their values).
+QUEUE_OPTIONS = (
+    ("--concurrency", "N", "at most N of the queue's jobs run at once, across all drains"),
+    ("--rate", "LIMIT/PERIOD_MS[/BURST]", "at most LIMIT starts per PERIOD_MS on average, BURST at once (default 1)"),
+    ("--group-concurrency", "N", "at most N jobs of each group run at once"),
+    ("--group-rate", "LIMIT/PERIOD_MS[/BURST]", "the same rate, per group"),
+    ("--aging-ms", "MS", "a waiting job gains one priority level per MS milliseconds"),
+    ("--max-attempts", "N", "default attempts for jobs whose request and type set none (1-100)"),
+    ("--timeout-ms", "MS", "default timeout for jobs whose request and type set none"),
+    ("--retain-completed-days", "DAYS", "keep completed jobs at most DAYS (retention.completed.age_days)"),
+    ("--retain-failed-days", "DAYS", "keep failed jobs at most DAYS (retention.failed.age_days)"),
+)
+
+
+def _queue_view(q: dict[str, Any]) -> dict[str, Any]:
+    """A queue as GET /api/queues shows it (every setting present, null when not set)."""
+    from .models import QueueSettings
+
+    settings = QueueSettings.model_validate(q.get("settings") or {}).model_dump(mode="json")
+    return {"name": q["name"], "paused": q["paused"], "counts": q["counts"], "settings": settings}
+
+
+async def _queues(jq: Any, args: argparse.Namespace) -> Any:
+    from .queue_admin import parse_option, settings_patch
+
+    if args.queues_cmd != "set":
+        return [_queue_view(q) for q in (await jq.queue_counts()).values()]
+    changes = {}
+    for flag, _, _ in QUEUE_OPTIONS:
+        name = flag.removeprefix("--").replace("-", "_")
+        if getattr(args, name) is not None:
+            changes[name] = parse_option(name, getattr(args, name))
+    if not changes:
+        raise UsageError("queues set changes nothing without an option: see jobqueue queues set --help")
+    await jq.set_queue_settings(args.queue, settings_patch(await jq.queue_settings(args.queue), changes))
+    counts = await jq.queue_counts()
+    return _queue_view(counts.get(args.queue) or {"name": args.queue, "paused": False, "counts": {}, "settings": {}})
 
 
 def _replay_args(args: argparse.Namespace) -> tuple[list[int] | None, str | None, str | None]:
@@ -293,6 +342,8 @@ async def _run(args: argparse.Namespace) -> int:
     elif cmd in ("pause", "resume"):
         await _with_engine(lambda jq: jq.set_paused(args.queue, cmd == "pause"))
         _print({"queue": args.queue, "paused": cmd == "pause"})
+    elif cmd == "queues":
+        _print(await _with_engine(lambda jq: _queues(jq, args)))
     elif cmd == "schedules":
         _print(await _with_engine(lambda jq: _schedules(jq, args)))
     elif cmd == "reconcile":

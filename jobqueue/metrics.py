@@ -1,11 +1,19 @@
-"""Queue metrics for /api/metrics and Prometheus: one Redis request and two Postgres statements,
-whatever the size of the jobs table.
+"""Queue metrics for /api/metrics and Prometheus: two Postgres statements and two Redis requests
+side by side (a third when jobs are parked), whatever the size of the jobs table.
 
 - Redis (`broker.ready_depths`, one pipeline): ready jobs per priority, and the sizes of the
   delayed and processing sets, i.e. what the dispatch index holds.
-- Postgres `metrics_counts`: unfinished, failed and cancelled counts per queue, the oldest due job
-  and the paused flags, from index-only scans of the partial indexes `jobs_active`, `jobs_dead` and
-  `jobs_due`. Completed rows (the bulk of the table) are never read; totals of completed jobs are
+- Redis (`broker.flow_stats`, one pipeline, sent alongside; a second one only where jobs are
+  parked): flow control's live view per queue: running jobs (leases whose deadline is still
+  ahead), parked jobs (held back by a concurrency or rate limit of their group or type) and the
+  ten scopes with the most parked jobs, among the 50 that reopen soonest. A scope names a type
+  (by its registered name when this process knows it) and/or a group (by the hash of its name:
+  the engine keeps no group names in Redis). Time spent gated is not measured: nothing records
+  when a limit started holding work back.
+- Postgres `metrics_counts`: unfinished, failed and cancelled counts per queue, the oldest due job,
+  the paused flags and each queue's settings (its limits, defaults and retention), from index-only
+  scans of the partial indexes `jobs_active`, `jobs_dead` and `jobs_due` (and the small `queues`
+  table). Completed rows (the bulk of the table) are never read; totals of completed jobs are
   therefore not reported, only the windowed counts below.
 - Postgres `metrics_finished`: the jobs finished in the last day, through `jobs_finished` (the
   planner reads the day by a sequential scan instead when the day is a large part of the table,
@@ -40,6 +48,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from .keys import MAX_PRIORITY
+from .models import QueueSettings
+from .queue_admin import describe_scope
 
 if TYPE_CHECKING:
     from .engine import JobQueue
@@ -63,17 +73,28 @@ async def collect(jq: JobQueue) -> dict[str, Any]:
     _fold_counts(queues, counts, now)
     _fold_finished(queues, finished)
     # After Postgres, so queues known only there (another process enqueued them) get depths too.
-    depths = await jq.broker.ready_depths(list(queues))
+    depths, flow = await asyncio.gather(
+        jq.broker.ready_depths(list(queues)), jq.broker.flow_stats(list(queues), jq.clock.ms())
+    )
     for q, d in depths.items():
         m = queues[q]
         m["ready"] = {str(p): d[f"ready_{p}"] for p in range(MAX_PRIORITY, -1, -1)}
         m["redis"] = {"ready": sum(m["ready"].values()), "delayed": d["delayed"], "processing": d["processing"]}
+    names_known = jq.registry.names
+    for q, f in flow.items():
+        queues[q]["flow"] = {
+            "running": f["running"],
+            "parked": f["parked"],
+            "top_parked": [{**describe_scope(s["scope"], names_known), "parked": s["parked"]} for s in f["top_parked"]],
+        }
     return {"generated_at": now.isoformat().replace("+00:00", "Z"), "queues": queues}
 
 
 def _empty_queue() -> dict[str, Any]:
     return {
         "paused": False,
+        "settings": QueueSettings().model_dump(mode="json"),
+        "flow": {"running": 0, "parked": 0, "top_parked": []},
         "jobs": dict.fromkeys(STATES, 0),
         "ready": {str(p): 0 for p in range(MAX_PRIORITY, -1, -1)},
         "redis": {"ready": 0, "delayed": 0, "processing": 0},
@@ -94,8 +115,9 @@ def _fold_counts(queues: dict[str, dict[str, Any]], rows: list[Row], now: dateti
     for r in rows:
         m = queues[r["queue"]]
         kind = r["kind"]
-        if kind == "paused":
-            m["paused"] = True
+        if kind == "queue":
+            m["paused"] = bool(r["n"])
+            m["settings"] = QueueSettings.model_validate(r["settings"] or {}).model_dump(mode="json")
         elif kind == "due":
             due = r["next_run_at"]
             m["oldest_pending_age_s"] = max(0.0, (now - due).total_seconds()) if due is not None else 0.0
@@ -155,6 +177,13 @@ HELP = {
     "jobqueue_queue_wait_seconds": "Enqueue to first start, jobs finished in the last hour",
     "jobqueue_queue_wait_mean_seconds": "Mean enqueue to first start, jobs finished in the last hour",
     "jobqueue_attempts_jobs": "Jobs finished in the last day by the number of attempts they used",
+    "jobqueue_queue_concurrency_limit": "Most jobs running at once, across all drains (scope: queue, or each group)",
+    "jobqueue_queue_rate_limit_per_second": "Most starts per second on average (scope: queue, or each group)",
+    "jobqueue_queue_rate_burst": "Starts a rate allows at once (scope: queue, or each group)",
+    "jobqueue_queue_aging_seconds": "A waiting job gains one priority level per this many seconds",
+    "jobqueue_running_jobs": "Jobs running now: live leases (Redis)",
+    "jobqueue_parked_jobs": "Jobs held back by a group's or a type's limit (Redis)",
+    "jobqueue_parked_scope_jobs": "Parked jobs of the scopes with the most (top 10 per queue)",
 }
 
 
@@ -201,7 +230,32 @@ class _Snapshot(Collector):
             for s, by in m["last_day"]["attempts"].items():
                 for a, n in by.items():
                     put("jobqueue_attempts_jobs", n, queue=q, status=s, attempts=a)
+            _limits(put, q, m["settings"])
+            flow = m["flow"]
+            put("jobqueue_running_jobs", flow["running"], queue=q)
+            put("jobqueue_parked_jobs", flow["parked"], queue=q)
+            for scope in flow["top_parked"]:
+                put(
+                    "jobqueue_parked_scope_jobs",
+                    scope["parked"],
+                    queue=q,
+                    scope=scope["scope"],
+                    type=scope["type"] or "",
+                )
         yield from fams.values()
+
+
+def _limits(put: Any, q: str, settings: dict[str, Any]) -> None:
+    """A queue's flow-control limits; a limit that is not set has no sample (absent, not zero)."""
+    for scope, conc, rate in (("queue", "concurrency", "rate"), ("group", "group_concurrency", "group_rate")):
+        if settings.get(conc) is not None:
+            put("jobqueue_queue_concurrency_limit", settings[conc], queue=q, scope=scope)
+        r = settings.get(rate)
+        if r is not None:
+            put("jobqueue_queue_rate_limit_per_second", r["limit"] * 1000 / r["period_ms"], queue=q, scope=scope)
+            put("jobqueue_queue_rate_burst", r["burst"], queue=q, scope=scope)
+    if settings.get("aging_ms") is not None:
+        put("jobqueue_queue_aging_seconds", settings["aging_ms"] / 1000, queue=q)
 
 
 def prometheus_text(metrics: dict[str, Any]) -> bytes:

@@ -12,12 +12,12 @@
 The two clients have the same methods (the async ones are coroutines) and cover the whole API:
 jobs (`enqueue`, `enqueue_many`, `get`, `list_jobs`, `iter_jobs`, `cancel`, `retry`, `wait`),
 the dead-letter queue (`list_dlq`, `iter_dlq`, `replay_dlq`, `purge_dlq`), queues
-(`list_queues`, `pause_queue`, `resume_queue`), `metrics`, `metrics_text` and `health`. They answer
-typed models (`Job`, `JobPage`, `QueueInfo`, ... in `jobqueue.client.models`) that keep any field
-a newer server adds. An error answer raises `APIError` with the status code and the body's
-`code`, `message`, `field` and `dependency`; a transport failure raises it too, with
-`status_code=None` and code `connection_error`. `wait()` raises `WaitTimeout` (a `TimeoutError`)
-with the last state seen.
+(`list_queues`, `set_queue`, `pause_queue`, `resume_queue`), `metrics`, `metrics_text` and
+`health`. They answer typed models (`Job`, `JobPage`, `QueueInfo`, ... in
+`jobqueue.client.models`) that keep any field a newer server adds. An error answer raises
+`APIError` with the status code and the body's `code`, `message`, `field` and `dependency`; a
+transport failure raises it too, with `status_code=None` and code `connection_error`. `wait()`
+raises `WaitTimeout` (a `TimeoutError`) with the last state seen.
 
 Light to import: httpx loads when a client is made, pydantic with the first answer (or the first
 use of a model's name here), the engine only when `enqueue()` runs.
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
         Progress,
         QueueInfo,
         QueueMetrics,
+        QueueSettings,
         QueueState,
         Schedule,
     )
@@ -56,6 +57,7 @@ __all__ = [
     "Progress",
     "QueueInfo",
     "QueueMetrics",
+    "QueueSettings",
     "QueueState",
     "Schedule",
     "WaitTimeout",
@@ -63,7 +65,18 @@ __all__ = [
 ]
 
 _MODELS = frozenset(
-    {"Health", "Job", "JobPage", "Metrics", "Progress", "QueueInfo", "QueueMetrics", "QueueState", "Schedule"}
+    {
+        "Health",
+        "Job",
+        "JobPage",
+        "Metrics",
+        "Progress",
+        "QueueInfo",
+        "QueueMetrics",
+        "QueueSettings",
+        "QueueState",
+        "Schedule",
+    }
 )
 
 

@@ -206,6 +206,12 @@ def _queues(resp: httpx.Response) -> list[QueueInfo]:
     return QueueList.model_validate_json(resp.content).queues
 
 
+def _queue(resp: httpx.Response) -> QueueInfo:
+    from .models import QueueInfo
+
+    return QueueInfo.model_validate_json(resp.content)
+
+
 def _queue_state(resp: httpx.Response) -> QueueState:
     from .models import QueueState
 
@@ -394,8 +400,29 @@ def purge_dlq(older_than_days: float) -> Call[int]:
 
 
 def list_queues() -> Call[list[QueueInfo]]:
-    """Every queue with its counts per status and its paused flag (`GET /api/queues`)."""
+    """Every queue with its counts per status, its paused flag and its settings (`GET /api/queues`)."""
     return Call("GET", "/api/queues", _queues)
+
+
+QUEUE_SETTINGS = frozenset(
+    {"defaults", "concurrency", "rate", "group_concurrency", "group_rate", "retention", "aging_ms"}
+)
+
+
+def set_queue(name: str, **settings: Any) -> Call[QueueInfo]:
+    """Change a queue's settings (`PUT /api/queues/{name}`) and answer the queue: `concurrency`,
+    `rate` (`{"limit", "period_ms", "burst"}`), `group_concurrency`, `group_rate`, `aging_ms`,
+    `defaults` (`{"max_attempts", "backoff", "timeout_ms"}`) and `retention`
+    (`{"completed": {"age_days", "count"}, "failed": {...}}`). Only the settings given change;
+    `None` clears one. An object replaces the whole field (give all of `defaults` you want kept).
+    A bad value is a 422 `APIError` naming the field, and nothing changes."""
+    unknown = sorted(set(settings) - QUEUE_SETTINGS)
+    if unknown:
+        raise TypeError(
+            f"set_queue() got an unknown setting {unknown[0]!r}; one of {', '.join(sorted(QUEUE_SETTINGS))}"
+        )
+    body = {k: dict(v) if isinstance(v, Mapping) else v for k, v in settings.items()}
+    return Call("PUT", f"/api/queues/{quote(name, safe='')}", _queue, body=body)
 
 
 def pause_queue(name: str) -> Call[QueueState]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 
@@ -122,12 +122,52 @@ class ScheduleList(Model):
     schedules: list[Schedule]
 
 
+class Rate(Model):
+    """At most `limit` starts per `period_ms` on average, `burst` at once."""
+
+    limit: int
+    period_ms: int
+    burst: int = 1
+
+
+class JobDefaults(Model):
+    """Options for a queue's jobs whose request and type set none."""
+
+    max_attempts: int | None = None
+    backoff: dict[str, Any] | None = None
+    timeout_ms: int | None = None
+
+
+class RetentionRule(Model):
+    age_days: float | None = None
+    count: int | None = None
+
+
+class Retention(Model):
+    completed: RetentionRule | None = None
+    failed: RetentionRule | None = None
+
+
+class QueueSettings(Model):
+    """A queue's settings (`PUT /api/queues/{name}`); None: not set (no limit, no default)."""
+
+    defaults: JobDefaults | None = None
+    concurrency: int | None = None
+    rate: Rate | None = None
+    group_concurrency: int | None = None
+    group_rate: Rate | None = None
+    retention: Retention | None = None
+    aging_ms: int | None = None
+
+
 class QueueInfo(Model):
-    """A queue's counts per status and its paused flag (and, on newer servers, its settings)."""
+    """A queue's counts per status, its paused flag and its settings (empty from a server that
+    predates them)."""
 
     name: str
     paused: bool
     counts: dict[str, int]
+    settings: QueueSettings = Field(default_factory=QueueSettings)
 
 
 class QueueState(Model):
@@ -182,10 +222,29 @@ class RedisIndex(Model):
     processing: int
 
 
+class ParkedScope(Model):
+    """A flow-control scope with parked jobs: `g:<group hash>`, `t:<type tag>` or both."""
+
+    scope: str
+    type: str | None = None
+    group_hash: str | None = None
+    parked: int
+
+
+class FlowStats(Model):
+    """Jobs running now, jobs parked by a group's or a type's limit, and the busiest scopes."""
+
+    running: int = 0
+    parked: int = 0
+    top_parked: list[ParkedScope] = []
+
+
 class QueueMetrics(Model):
     """One queue's figures; their definitions are in jobqueue/metrics.py."""
 
     paused: bool
+    settings: QueueSettings = Field(default_factory=QueueSettings)
+    flow: FlowStats = Field(default_factory=FlowStats)
     jobs: dict[str, int]
     ready: dict[str, int]
     redis: RedisIndex

@@ -289,8 +289,9 @@ GROUP BY queue, limiter;
 
 -- name: metrics_counts
 -- Per queue: unfinished counts (jobs_active), failed and cancelled counts (jobs_dead), the earliest
--- run_at among pending and scheduled jobs (jobs_due, one probe per queue: kind 'due') and the paused
--- queues (kind 'paused'). Index-only scans over those partial indexes; completed rows are never read.
+-- run_at among pending and scheduled jobs (jobs_due, one probe per queue: kind 'due') and the queues
+-- table's rows that are paused or have settings (kind 'queue': n is the pause flag as 0/1).
+-- Index-only scans over those partial indexes; completed rows are never read.
 WITH c AS (
     SELECT queue, status, count(*)::bigint AS n FROM jobs
     WHERE status IN ('pending', 'scheduled', 'processing') GROUP BY queue, status
@@ -298,13 +299,13 @@ WITH c AS (
     SELECT queue, status, count(*)::bigint FROM jobs
     WHERE status IN ('failed', 'cancelled') GROUP BY queue, status
 )
-SELECT queue, status AS kind, n, NULL::timestamptz AS next_run_at FROM c
+SELECT queue, status AS kind, n, NULL::timestamptz AS next_run_at, NULL::jsonb AS settings FROM c
 UNION ALL
 SELECT q.queue, 'due', NULL,
-       (SELECT min(j.run_at) FROM jobs j WHERE j.queue = q.queue AND j.status IN ('pending', 'scheduled'))
+       (SELECT min(j.run_at) FROM jobs j WHERE j.queue = q.queue AND j.status IN ('pending', 'scheduled')), NULL
 FROM (SELECT DISTINCT queue FROM c WHERE status IN ('pending', 'scheduled')) q
 UNION ALL
-SELECT name, 'paused', NULL, NULL FROM queues WHERE paused;
+SELECT name, 'queue', paused::int::bigint, NULL, settings FROM queues WHERE paused OR settings <> '{}'::jsonb;
 
 -- name: metrics_finished
 -- Outcomes of finished jobs, through jobs_finished: kind 'attempts' counts the last day's

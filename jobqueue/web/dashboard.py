@@ -1,8 +1,9 @@
 """The operator dashboard at `/dashboard`: server-rendered pages over the same engine the API uses,
 for the holder of JOBS_API_TOKEN. Overview (per-queue counts, success rates, 24-hour and
-last-hour charts, pause/resume), jobs (filters, search, paging), a job's detail, and the
-dead-letter queue. The forms that change state are in dashboard_actions.py; sessions and CSRF in
-_dashboard_auth.py; templates, filters and error pages in _dashboard_render.py.
+last-hour charts, flow-control limits with running and parked jobs, pause/resume and a settings
+form), jobs (filters, search, paging), a job's detail, the dead-letter queue, and schedules
+(dashboard_schedules.py). The forms that change state are in dashboard_actions.py; sessions and
+CSRF in _dashboard_auth.py; templates, filters and error pages in _dashboard_render.py.
 
 Wire it with `app.include_router(dashboard.router)`: static assets are served by a route here,
 so no mount is needed, and the routes stay out of the OpenAPI document.
@@ -19,9 +20,10 @@ from fastapi import APIRouter, Form, Path, Query, Request, Response
 from fastapi.responses import RedirectResponse
 
 from jobqueue.errors import InvalidJob
-from jobqueue.models import STATUSES, JobView
+from jobqueue.models import STATUSES, JobView, QueueSettings
+from jobqueue.queue_admin import flat_values
 
-from . import dashboard_actions
+from . import dashboard_actions, dashboard_schedules
 from .auth import HTTP_WHITESPACE, api_scope, count_failure
 from .dashboard_actions import count_text, failed_count
 from .dashboard_auth import (
@@ -39,7 +41,7 @@ from .dashboard_auth import (
 )
 from .dashboard_charts import line as line_chart
 from .dashboard_charts import stacked_bars
-from .dashboard_render import DashboardRoute, asset, render
+from .dashboard_render import DashboardRoute, asset, fmt_duration, render
 from .deps import JQ, MAX_ID, SettingsDep, StorableStr, decode_cursor, encode_cursor
 
 if TYPE_CHECKING:
@@ -47,6 +49,7 @@ if TYPE_CHECKING:
 
 router = APIRouter(prefix=COOKIE_PATH, route_class=DashboardRoute, include_in_schema=False)
 router.include_router(dashboard_actions.router)
+router.include_router(dashboard_schedules.router)
 
 HOURS = 24
 PAGE_SIZE = 50
@@ -146,6 +149,38 @@ def _rate(completed: int, failed: int) -> float | None:
     return completed / (completed + failed) if completed + failed else None
 
 
+def _rate_text(rate: dict[str, Any] | None) -> str | None:
+    if rate is None:
+        return None
+    burst = f", burst {rate['burst']}" if rate["burst"] != 1 else ""
+    return f"{rate['limit']} per {fmt_duration(rate['period_ms'] / 1000)}{burst}"
+
+
+def flow_context(m: dict[str, Any]) -> dict[str, Any]:
+    """What a queue card shows of flow control: its limits as text, running and parked jobs, the
+    busiest parked scopes, and the settings form's current values."""
+    st = m["settings"]
+    group = [
+        f"{st['group_concurrency']} at once" if st["group_concurrency"] is not None else None,
+        _rate_text(st["group_rate"]),
+    ]
+    scopes = []
+    for sc in m["flow"]["top_parked"][:5]:
+        parts = [sc["type"] or ("type " + sc["scope"][2:].split(":")[0] if sc["scope"].startswith("t:") else None)]
+        parts.append(f"group {sc['group_hash']}" if sc["group_hash"] else None)
+        scopes.append({"label": " · ".join(p for p in parts if p), "scope": sc["scope"], "parked": sc["parked"]})
+    return {
+        "running": m["flow"]["running"],
+        "parked": m["flow"]["parked"],
+        "concurrency": st["concurrency"],
+        "rate": _rate_text(st["rate"]),
+        "group": " · ".join(p for p in group if p) or None,
+        "aging": fmt_duration(st["aging_ms"] / 1000) if st["aging_ms"] is not None else None,
+        "scopes": scopes,
+        "form": flat_values(QueueSettings.model_validate(st)),
+    }
+
+
 def overview_context(metrics: dict[str, Any], by_hour: dict[str, list[dict[str, int]]]) -> dict[str, Any]:
     empty = [{"completed": 0, "failed": 0} for _ in range(HOURS)]
     queues: list[dict[str, Any]] = []
@@ -173,6 +208,7 @@ def overview_context(metrics: dict[str, Any], by_hour: dict[str, list[dict[str, 
                 "rate_24h": m["last_day"]["success_rate"],
                 "throughput_1h": sum(m["last_hour"]["throughput_per_minute"]),
                 "oldest_wait_s": m["oldest_pending_age_s"],
+                "flow": flow_context(m),
                 "chart": stacked_bars(hours, ("completed", "failed"), _titled(hours), height=60),
             }
         )

@@ -1,5 +1,6 @@
-"""The dashboard's state-changing forms: log out, pause/resume a queue, cancel or retry a job, and
-the dead-letter queue's replay (selected jobs, or everything matching a filter) and purge.
+"""The dashboard's state-changing forms: log out, pause/resume a queue and change its settings,
+cancel or retry a job, and the dead-letter queue's replay (selected jobs, or everything matching a
+filter) and purge. (The schedules' forms are in dashboard_schedules.py.)
 
 Every one is a POST that needs the session's CSRF token and a same-site origin (`CsrfDep`).
 The destructive ones (cancel, retry, replay, purge) take two steps: the first POST answers a
@@ -37,6 +38,10 @@ SHOWN_IDS = 20  # a confirmation lists this many of the selected ids
 NOTICES = {
     "paused": "Queue {q} is paused: its jobs are kept and nothing is drained until you resume it.",
     "resumed": "Queue {q} is draining again.",
+    "settings": "Queue {q}'s settings are saved; the next claims apply them.",
+    "schedule_paused": "Schedule {s} is paused: it fires nothing until you resume it.",
+    "schedule_resumed": "Schedule {s} fires again from its next tick (its misfire policy decides about missed ones).",
+    "triggered": "Schedule {s} enqueued this job now; its next tick is unchanged.",
     "cancelled": "The job was cancelled.",
     "retried": "The job is queued again with a fresh set of attempts.",
     "replayed": "{n} job(s) queued again with a fresh set of attempts.",
@@ -45,6 +50,7 @@ NOTICES = {
     "loggedout": "You are logged out.",
 }
 QUEUE_NAME = r"^[A-Za-z0-9_.-]{1,100}$"
+SCHEDULE_ID = r"^[A-Za-z0-9_.:-]{1,200}$"
 QueueName = Annotated[str, Path(min_length=1, max_length=100, pattern=QUEUE_NAME)]
 JobId = Annotated[int, Path(ge=1, le=MAX_ID)]
 Confirm = Annotated[str, Form(max_length=10)]
@@ -58,7 +64,12 @@ def notice(request: Request) -> str | None:
         return None
     q = request.query_params.get("q", "")
     n = request.query_params.get("n", "")
-    return template.format(q=q if re.fullmatch(QUEUE_NAME, q) else "?", n=n if n.isdigit() else "?")
+    s = request.query_params.get("s", "")
+    return template.format(
+        q=q if re.fullmatch(QUEUE_NAME, q) else "?",
+        n=n if n.isdigit() else "?",
+        s=s if re.fullmatch(SCHEDULE_ID, s) else "?",
+    )
 
 
 def done(request: Request, path: str, msg: str, **params: Any) -> RedirectResponse:
@@ -113,6 +124,29 @@ async def pause(request: Request, name: QueueName, session: CsrfDep, jq: JQ) -> 
 async def resume(request: Request, name: QueueName, session: CsrfDep, jq: JQ) -> Response:
     await jq.set_paused(name, False)
     return done(request, "", "resumed", q=name)
+
+
+@router.post("/queues/{name}/settings")
+async def queue_settings(request: Request, name: QueueName, session: CsrfDep, jq: JQ) -> Response:
+    """The overview's settings form: each field sent sets its option (an empty one clears it), a
+    field left out of the post keeps it; reversible, so no confirmation step. A bad value is a
+    422 page naming the field, and nothing changes."""
+    from jobqueue.errors import InvalidJob
+    from jobqueue.queue_admin import OPTIONS, parse_option, settings_patch
+
+    # Read from the parsed form itself (cached by Starlette, bounded by BodyLimit): a declared
+    # `Form()` parameter would turn an empty field into "not sent", and empty means "clear" here.
+    form = await request.form()
+    changes: dict[str, Any] = {}
+    for option in OPTIONS:
+        value = form.get(option)
+        if value is None:
+            continue
+        if not isinstance(value, str) or len(value) > 100:
+            raise InvalidJob(f"{option}: at most 100 characters of text", field=option)
+        changes[option] = parse_option(option, value)
+    await jq.set_queue_settings(name, settings_patch(await jq.queue_settings(name), changes))
+    return done(request, "", "settings", q=name)
 
 
 # --- one job -------------------------------------------------------------------------------------

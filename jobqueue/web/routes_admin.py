@@ -1,5 +1,5 @@
-"""Operator routes: the dead-letter queue (`/api/dlq`), queues (`/api/queues`: counts, pause,
-resume) and `/api/health`, the one route without auth."""
+"""Operator routes: the dead-letter queue (`/api/dlq`), queues (`/api/queues`: counts, settings,
+pause, resume) and `/api/health`, the one route without auth."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from jobqueue.errors import Unavailable
-from jobqueue.models import JobView, field_error
+from jobqueue.models import STATUSES, JobView, QueueSettings, field_error
 
 from .auth import require_api_token
 from .deps import (
@@ -28,6 +28,7 @@ from .deps import (
     parse_json,
     parse_model,
     read_body,
+    require_object,
     resources,
 )
 from .http_errors import COMMON_ERRORS, TOO_LARGE, ApiRoute
@@ -38,6 +39,7 @@ log = logging.getLogger("jobqueue.api")
 HEALTH_TIMEOUT_S = 3.0  # a health probe must answer well inside a load balancer's timeout
 MAX_REPLAY_IDS = 10_000
 REPLAY_BODY_LIMIT = 1024 * 1024  # 10,000 ids of up to 19 digits fit comfortably
+SETTINGS_BODY_LIMIT = 16 * 1024  # every setting, spelt out, is well under 1 KB
 
 dlq = APIRouter(
     prefix="/api/dlq",
@@ -125,6 +127,9 @@ class QueueView(BaseModel):
     name: str
     paused: bool
     counts: dict[str, int] = Field(description="jobs per status")
+    settings: QueueSettings = Field(
+        default_factory=QueueSettings, description="flow control, job defaults and retention; null: not set"
+    )
 
 
 class QueueList(BaseModel):
@@ -139,10 +144,29 @@ class QueueState(BaseModel):
 QueueName = Annotated[str, Path(min_length=1, max_length=100, pattern=QUEUE_PATTERN)]
 
 
-@queues.get("", response_model=QueueList, summary="Counts per queue and state")
+@queues.get("", response_model=QueueList, summary="Counts per queue and state, and each queue's settings")
 async def list_queues(jq: JQ) -> QueueList:
     counts = await jq.queue_counts()
     return QueueList(queues=[QueueView.model_validate(q) for q in counts.values()])
+
+
+@queues.put(
+    "/{name}",
+    response_model=QueueView,
+    summary="Change a queue's settings: the fields given are set, null clears one, the others stay",
+    responses=TOO_LARGE,
+    openapi_extra=json_body(inline_schema(QueueSettings.model_json_schema())),
+)
+async def put_queue_settings(name: QueueName, request: Request, jq: JQ) -> QueueView:
+    # Read by hand, as the other bodies are: the size limit and our error shape hold before
+    # parsing; the engine validates every field given (a 422 naming it) before it writes anything.
+    data = require_object(parse_json(await read_body(request, SETTINGS_BODY_LIMIT)))
+    parse_model(QueueSettings, data)  # an unknown field or a bad value: a 422 naming it, nothing written
+    await jq.set_queue_settings(name, data)
+    found = (await jq.queue_counts()).get(name)
+    if found is None:  # all settings cleared on a queue nothing else names: as GET would show it
+        found = {"name": name, "paused": False, "counts": dict.fromkeys(STATUSES, 0), "settings": {}}
+    return QueueView.model_validate(found)
 
 
 @queues.post("/{name}/pause", response_model=QueueState, summary="Stop draining a queue; its jobs stay")

@@ -1,6 +1,7 @@
 """`/api/metrics`: queue metrics as JSON (for the dashboard and scripts) and in the Prometheus text
 format (for a scraper). Both take the API token or JOBS_METRICS_TOKEN. The figures and their definitions are in
-jobqueue/metrics.py; each request costs one Redis request and two Postgres statements.
+jobqueue/metrics.py; each request costs two Postgres statements and two Redis requests side by side
+(a third when jobs are parked).
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from datetime import datetime
 
 from fastapi import APIRouter, Depends, Response
 from pydantic import BaseModel, Field
+
+from jobqueue.models import QueueSettings
 
 from .auth import require_metrics
 from .deps import JQ
@@ -64,8 +67,23 @@ class RedisIndex(BaseModel):
     processing: int
 
 
+class ParkedScope(BaseModel):
+    scope: str = Field(description="`g:<group hash>`, `t:<type tag>` or `t:<type tag>:g:<group hash>`")
+    type: str | None = Field(description="the job type the scope limits, when this server knows its tag")
+    group_hash: str | None = Field(description="the group's hash (group names are not kept in Redis)")
+    parked: int = Field(description="jobs parked under this scope")
+
+
+class FlowStats(BaseModel):
+    running: int = Field(description="jobs running now: leases whose deadline is still ahead (Redis)")
+    parked: int = Field(description="jobs held back by a group's or a type's limit (Redis)")
+    top_parked: list[ParkedScope] = Field(description="the scopes with the most parked jobs, at most 10")
+
+
 class QueueMetrics(BaseModel):
     paused: bool
+    settings: QueueSettings = Field(description="the queue's settings (PUT /api/queues/{name}); null: not set")
+    flow: FlowStats = Field(description="flow control's live view")
     jobs: dict[str, int] = Field(description="pending, scheduled, processing, failed, cancelled (Postgres)")
     ready: dict[str, int] = Field(description="ready jobs per priority, 9 (first) to 0 (Redis)")
     redis: RedisIndex = Field(description="what the Redis dispatch index holds")

@@ -1,5 +1,5 @@
 """The `jobqueue` CLI as a real process: migrate, enqueue, list, cancel, retry, drain, status, dlq,
-pause, --version, and a `worker` that stops gracefully on SIGTERM, releasing what it has not
+pause, queues (list and set), --version, and a `worker` that stops gracefully on SIGTERM, releasing what it has not
 started. Errors are one `error: ...` line and exit status 2."""
 
 from __future__ import annotations
@@ -255,3 +255,61 @@ async def test_schedules_from_the_cli(database_url: str, redis_server: str, pref
     assert _cli(env, "schedules", "resume", "every-hour")["paused"] is False
     assert _cli(env, "schedules", "delete", "every-hour") == {"deleted": "every-hour"}
     assert "not found" in _cli_error(env, "schedules", "delete", "every-hour")
+
+
+UNSET = {
+    "defaults": None,
+    "concurrency": None,
+    "rate": None,
+    "group_concurrency": None,
+    "group_rate": None,
+    "retention": None,
+    "aging_ms": None,
+}
+
+
+async def test_queues_list_and_set(database_url: str, redis_server: str, prefix: str) -> None:
+    env = _env(database_url, redis_server, prefix)
+    _cli(env, "migrate")
+    _cli(env, "enqueue", "echo", "{}", "--queue", "mail")
+    listed = {q["name"]: q for q in _cli(env, "queues")}
+    assert listed["mail"]["counts"]["pending"] == 1 and listed["mail"]["settings"] == UNSET
+    assert _cli(env, "queues", "list") == list(listed.values())
+
+    q = _cli(env, "queues", "set", "mail", "--concurrency", "4", "--rate", "10/1000/5", "--max-attempts", "6")
+    assert (q["name"], q["paused"], q["counts"]["pending"]) == ("mail", False, 1)
+    want = UNSET | {
+        "concurrency": 4,
+        "rate": {"limit": 10, "period_ms": 1000, "burst": 5},
+        "defaults": {"max_attempts": 6, "backoff": None, "timeout_ms": None},
+    }
+    assert q["settings"] == want
+    # Options not given stay, nested ones included: --timeout-ms keeps the default max_attempts.
+    q = _cli(env, "queues", "set", "mail", "--timeout-ms", "9000", "--group-rate", "2/60000", "--rate", "none")
+    want |= {
+        "rate": None,
+        "group_rate": {"limit": 2, "period_ms": 60000, "burst": 1},
+        "defaults": {"max_attempts": 6, "backoff": None, "timeout_ms": 9000},
+    }
+    assert q["settings"] == want
+    q = _cli(
+        env, "queues", "set", "mail", "--retain-failed-days", "30", "--aging-ms", "60000", "--max-attempts", "none"
+    )
+    want |= {
+        "aging_ms": 60000,
+        "retention": {"completed": None, "failed": {"age_days": 30.0, "count": None}},
+        "defaults": {"max_attempts": None, "backoff": None, "timeout_ms": 9000},
+    }
+    assert q["settings"] == want
+    assert {x["name"]: x for x in _cli(env, "queues")}["mail"] == q
+    # pause and resume keep working, and keep the settings
+    assert _cli(env, "pause", "mail") == {"queue": "mail", "paused": True}
+    assert {x["name"]: x for x in _cli(env, "queues")}["mail"] == q | {"paused": True}
+    _cli(env, "resume", "mail")
+
+    assert "concurrency" in _cli_error(env, "queues", "set", "mail", "--concurrency", "-2")
+    assert "rate: LIMIT/PERIOD_MS" in _cli_error(env, "queues", "set", "mail", "--rate", "fast")
+    assert "rate.period_ms" in _cli_error(env, "queues", "set", "mail", "--rate", "5/0")
+    assert "changes nothing" in _cli_error(env, "queues", "set", "mail")
+    assert "queue" in _cli_error(env, "queues", "set", "bad name", "--concurrency", "1")
+    assert {x["name"]: x for x in _cli(env, "queues")}["mail"] == q  # the refusals changed nothing

@@ -21,6 +21,15 @@ from jobqueue.web.app import create_app
 from .conftest import APP_SETTINGS, AUTH, WORKER_AUTH, redis_keys, stored
 
 ZERO = {"pending": 0, "scheduled": 0, "processing": 0, "completed": 0, "failed": 0, "cancelled": 0}
+UNSET = {
+    "defaults": None,
+    "concurrency": None,
+    "rate": None,
+    "group_concurrency": None,
+    "group_rate": None,
+    "retention": None,
+    "aging_ms": None,
+}
 
 
 async def _enqueue(client: httpx.AsyncClient, **job: Any) -> int:
@@ -133,9 +142,9 @@ async def test_queue_counts(client: httpx.AsyncClient, jq: JobQueue) -> None:
     assert r.status_code == 200
     assert r.json() == {
         "queues": [
-            {"name": "default", "paused": False, "counts": ZERO | {"pending": 1, "scheduled": 1}},
-            {"name": "idle", "paused": True, "counts": ZERO},
-            {"name": "mail", "paused": False, "counts": ZERO | {"pending": 1}},
+            {"name": "default", "paused": False, "counts": ZERO | {"pending": 1, "scheduled": 1}, "settings": UNSET},
+            {"name": "idle", "paused": True, "counts": ZERO, "settings": UNSET},
+            {"name": "mail", "paused": False, "counts": ZERO | {"pending": 1}, "settings": UNSET},
         ]
     }
 
@@ -148,7 +157,7 @@ async def test_pause_prevents_draining_and_resume_allows_it(client: httpx.AsyncC
     assert r.status_code == 200 and r.json()["claimed"] == 0
     assert (await jq.get(job))["status"] == "pending"
     queues = (await client.get("/api/queues", headers=AUTH)).json()["queues"]
-    assert queues == [{"name": "default", "paused": True, "counts": ZERO | {"pending": 1}}]
+    assert queues == [{"name": "default", "paused": True, "counts": ZERO | {"pending": 1}, "settings": UNSET}]
 
     r = await client.post("/api/queues/default/resume", headers=AUTH)
     assert (r.status_code, r.json()) == (200, {"name": "default", "paused": False})
@@ -162,6 +171,90 @@ async def test_pause_rejects_bad_queue_names(client: httpx.AsyncClient, jq: JobQ
     r = await client.post(f"/api/queues/{name}/pause", headers=AUTH)
     assert r.status_code == 422 and r.json()["error"]["field"] == "name"
     assert await jq.broker.paused() == set()
+
+
+# --- queue settings ------------------------------------------------------------------------------
+
+LIMITS = {"concurrency": 4, "rate": {"limit": 10, "period_ms": 1000, "burst": 5}, "group_concurrency": 1}
+
+
+async def _put_settings(client: httpx.AsyncClient, name: str, body: Any) -> httpx.Response:
+    return await client.put(f"/api/queues/{name}", json=body, headers=AUTH)
+
+
+async def test_put_settings_sets_the_fields_given_and_answers_the_queue(
+    client: httpx.AsyncClient, jq: JobQueue
+) -> None:
+    await _enqueue(client, type="echo", queue="mail")
+    await client.post("/api/queues/mail/pause", headers=AUTH)
+    r = await _put_settings(client, "mail", LIMITS)
+    assert r.status_code == 200, r.text
+    want = UNSET | LIMITS
+    assert r.json() == {"name": "mail", "paused": True, "counts": ZERO | {"pending": 1}, "settings": want}
+    # A second PUT changes only what it names; null clears; the pause flag is kept.
+    retention = {"completed": {"age_days": 1.5, "count": None}, "failed": None}
+    r = await _put_settings(
+        client, "mail", {"rate": None, "aging_ms": 30_000, "retention": {"completed": {"age_days": 1.5}}}
+    )
+    want = want | {"rate": None, "aging_ms": 30_000, "retention": retention}
+    assert (r.status_code, r.json()["settings"], r.json()["paused"]) == (200, want, True)
+    listed = (await client.get("/api/queues", headers=AUTH)).json()["queues"]
+    assert [q for q in listed if q["name"] == "mail"] == [r.json()]
+    assert (await jq.queue_settings("mail")).rate is None
+    # The claims read the limits from Redis: they were mirrored there.
+    limits = await jq.redis.command("HGETALL", jq.keys.limits("mail"))
+    pairs = dict(zip(limits[::2], limits[1::2], strict=True)) if isinstance(limits, list) else limits
+    assert {k: pairs[k] for k in ("c", "gc", "aging")} == {"c": "4", "gc": "1", "aging": "30000"} and "r" not in pairs
+
+
+async def test_put_settings_on_a_new_queue_and_clearing_everything(client: httpx.AsyncClient) -> None:
+    r = await _put_settings(client, "fresh", {"defaults": {"max_attempts": 7, "timeout_ms": 5000}})
+    assert r.status_code == 200, r.text
+    assert r.json()["counts"] == ZERO and r.json()["settings"]["defaults"] == {
+        "max_attempts": 7,
+        "backoff": None,
+        "timeout_ms": 5000,
+    }
+    r = await _put_settings(client, "fresh", {"defaults": None})
+    assert (r.status_code, r.json()) == (200, {"name": "fresh", "paused": False, "counts": ZERO, "settings": UNSET})
+    assert (await _put_settings(client, "fresh", {})).json()["settings"] == UNSET  # nothing given: nothing changes
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"concurrency": -1}, "concurrency"),
+        ({"concurrency": 0}, "concurrency"),
+        ({"group_concurrency": "many"}, "group_concurrency"),
+        ({"rate": {"limit": 10, "period_ms": 0}}, "rate.period_ms"),
+        ({"rate": {"limit": -5, "period_ms": 1000}}, "rate.limit"),
+        ({"group_rate": {"limit": 1}}, "group_rate.period_ms"),
+        ({"rate": {"limit": 1, "period_ms": 1000, "extra": 1}}, "rate.extra"),
+        ({"aging_ms": 0}, "aging_ms"),
+        ({"defaults": {"max_attempts": 0}}, "defaults.max_attempts"),
+        ({"retention": {"failed": {"age_days": -1}}}, "retention.failed.age_days"),
+        ({"concurrency": 2, "max_concurrency": 3}, "max_concurrency"),
+        ([1, 2], "body"),
+    ],
+)
+async def test_put_settings_refuses_bad_values_naming_the_field_and_changes_nothing(
+    client: httpx.AsyncClient, jq: JobQueue, body: Any, field: str
+) -> None:
+    assert (await _put_settings(client, "mail", {"concurrency": 3})).status_code == 200
+    r = await _put_settings(client, "mail", body)
+    assert r.status_code == 422, r.text
+    assert (r.json()["error"]["code"], r.json()["error"]["field"]) == ("invalid_request", field)
+    assert (await jq.queue_settings("mail")).model_dump(exclude_none=True) == {"concurrency": 3}
+
+
+async def test_put_settings_refuses_malformed_oversized_and_misnamed(client: httpx.AsyncClient, jq: JobQueue) -> None:
+    r = await client.put("/api/queues/mail", content=b"{nope", headers=AUTH)
+    assert (r.status_code, r.json()["error"]["field"]) == (422, "body")
+    r = await client.put("/api/queues/mail", content=b'{"concurrency": ' + b" " * 20_000 + b"1}", headers=AUTH)
+    assert r.status_code == 413
+    r = await _put_settings(client, "bad name", {"concurrency": 1})
+    assert (r.status_code, r.json()["error"]["field"]) == (422, "name")
+    assert (await jq.queue_settings("mail")).model_dump(exclude_none=True) == {}
 
 
 # --- health and unavailable dependencies -------------------------------------------------------

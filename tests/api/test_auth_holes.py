@@ -26,7 +26,7 @@ from .test_auth import API_ROUTES, WORKER_ROUTES
 # --- padding --------------------------------------------------------------------------------------
 
 ROUTES = [(m, p, b) for m, p, b, _ in API_ROUTES] + [(m, p, None) for m, p in WORKER_ROUTES]
-assert len(ROUTES) == 16
+assert len(ROUTES) == 17
 
 
 @pytest.mark.parametrize("pad", [b"\xa0", b"\x85", b"\x0b", b"\x0c"], ids=["nbsp", "nel", "vt", "ff"])

@@ -33,7 +33,7 @@ from jobqueue.web.dashboard_render import CSP
 from .conftest import API_TOKEN, AUTH
 
 XSS = '<script>alert(1)</script>"><img src=x onerror=alert(1)>'
-PAGES = ["/dashboard", "/dashboard/jobs", "/dashboard/jobs/1", "/dashboard/dlq"]
+PAGES = ["/dashboard", "/dashboard/jobs", "/dashboard/jobs/1", "/dashboard/dlq", "/dashboard/schedules"]
 
 
 @pytest.fixture
@@ -320,11 +320,15 @@ async def test_untrusted_values_render_as_text(dash: httpx.AsyncClient, jq: JobQ
 async def targets(dash: httpx.AsyncClient, jq: JobQueue) -> dict[str, int]:
     failed = await enqueue(dash, "boom")
     await jq.drain(5)
+    await jq.schedules.put("nightly", {"type": "echo", "every_ms": 3_600_000})
     return {"failed": failed, "pending": await enqueue(dash)}
 
 
 ACTIONS: list[tuple[str, dict[str, Any]]] = [
     ("/dashboard/queues/default/pause", {}),
+    ("/dashboard/queues/default/settings", {"concurrency": "3"}),
+    ("/dashboard/schedules/nightly/pause", {}),
+    ("/dashboard/schedules/nightly/trigger", {"confirm": "yes"}),
     ("/dashboard/jobs/{pending}/cancel", {"confirm": "yes"}),
     ("/dashboard/jobs/{failed}/retry", {"confirm": "yes"}),
     ("/dashboard/dlq/replay", {"ids": "{failed}", "confirm": "yes"}),
@@ -357,6 +361,9 @@ async def test_actions_without_the_csrf_token_or_from_another_site_change_nothin
         assert "Request refused" in r.text
     assert await statuses(jq, targets["failed"], targets["pending"]) == ["failed", "pending"]
     assert await jq.broker.paused() == set()
+    assert (await jq.queue_settings("default")).concurrency is None
+    nightly = await jq.schedules.get("nightly")
+    assert (nightly.paused, nightly.last_job_id) == (False, None)
     r = await dash.post(path, data={**form, "csrf": csrf}, headers={"Origin": "http://testserver"})
     assert r.status_code == 303, r.text
 

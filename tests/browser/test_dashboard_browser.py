@@ -1,5 +1,6 @@
 """The dashboard in a real browser: log in, find a dead-lettered job by its idempotency key, open
-it, retry it through the confirmation page, drain, reload and see it completed. Each page is
+it, retry it through the confirmation page, drain, reload and see it completed; open the
+Schedules page, run a schedule now through its confirmation and see its job complete. Each page is
 screenshotted to test-artifacts/screenshots/ for review; with UPDATE_DOCS_SCREENSHOT=1 the
 overview also replaces docs/dashboard.png (opt-in, so an ordinary run leaves the tree clean).
 """
@@ -46,6 +47,15 @@ async def seed(server: LiveServer, database_url: str) -> None:
         now = [{"type": "echo", "payload": {"report": n}, "queue": "reports"} for n in range(3)]
         r = await c.post("/api/jobs/batch", json={"jobs": later + now})
         assert r.status_code == 201, r.text
+        limits = {"concurrency": 4, "rate": {"limit": 10, "period_ms": 1000, "burst": 5}, "group_concurrency": 1}
+        r = await c.put("/api/queues/payments", json=limits)
+        assert r.status_code == 200, r.text
+        for sid, timing in (
+            ("nightly-report", {"cron": "30 2 * * *", "tz": "Europe/Lisbon"}),
+            ("hourly-sync", {"every_ms": 3_600_000}),
+        ):
+            r = await c.put(f"/api/schedules/{sid}", json={"type": "echo", "payload": {"schedule": sid}, **timing})
+            assert r.status_code == 201, r.text
 
 
 async def drain(server: LiveServer) -> dict[str, Any]:
@@ -124,6 +134,34 @@ async def test_find_retry_and_complete_a_dead_lettered_job(
             failed = int(await page.locator('[data-metric="dlq:total"]').inner_text())
             assert rows == min(failed, 50) and await page.locator('input[name="ids"]:checked').count() == rows
 
+            await page.click("nav >> text=Schedules")
+            await expect(page.locator("h1")).to_have_text("Schedules")
+            await expect(page.locator('[data-metric="schedule:nightly-report:state"]')).to_have_text("active")
+            await expect(page.locator('tr[data-schedule-id="nightly-report"]')).to_contain_text("Europe/Lisbon")
+            await shot(page, "schedules")
+            await page.locator('tr[data-schedule-id="hourly-sync"] >> text=Run now…').click()
+            await expect(page.locator("h1")).to_have_text("Run schedule hourly-sync now?")
+            await page.click("button:has-text('Run it now')")
+            await expect(page.locator(".notice")).to_contain_text("Schedule hourly-sync enqueued this job now")
+            await expect(page.locator("h1 .badge")).to_have_text("pending")
+            report = await drain(live_server)
+            assert report["completed"] >= 1, report
+            await page.reload()
+            await expect(page.locator("h1 .badge")).to_have_text("completed")
+            await page.click("nav >> text=Schedules")
+            await expect(page.locator('tr[data-schedule-id="hourly-sync"] .badge-completed')).to_have_text("completed")
+            await page.locator('tr[data-schedule-id="nightly-report"] >> text=Pause').click()
+            await expect(page.locator('[data-metric="schedule:nightly-report:state"]')).to_have_text("paused")
+
+            await page.click("nav >> text=Overview")
+            await expect(page.locator('[data-metric="queue:payments:rate"]')).to_have_text("10 per 1 s, burst 5")
+            await page.locator('article[aria-label="Queue payments"] summary').click()
+            await page.fill("#payments-concurrency", "6")
+            await shot(page, "queue-settings", full_page=False)
+            await page.locator('article[aria-label="Queue payments"] >> text=Save settings').click()
+            await expect(page.locator(".notice")).to_contain_text("Queue payments's settings are saved")
+            await expect(page.locator('[data-metric="queue:payments:running"]')).to_have_text("0 / 6")
+
             phone = await browser.new_context(viewport=PHONE, is_mobile=True, has_touch=True)
             await phone.add_cookies(await context.cookies())
             mobile = await phone.new_page()
@@ -131,6 +169,10 @@ async def test_find_retry_and_complete_a_dead_lettered_job(
             await expect(mobile.locator("h1")).to_have_text("Overview")
             assert await mobile.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
             await shot(mobile, "overview-phone")
+            await mobile.goto(f"{live_server.url}/dashboard/schedules")
+            await expect(mobile.locator("h1")).to_have_text("Schedules")
+            assert await mobile.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+            await shot(mobile, "schedules-phone")
             assert errors == []  # no CSP violation or script error in the console
         finally:
             await browser.close()

@@ -180,9 +180,18 @@ async def test_async_client_dlq_queues_metrics_and_health(app: FastAPI, api_jq: 
         assert await jobs.pause_queue("risky") == m.QueueState(name="risky", paused=True)
         assert {q.name: q.paused for q in await jobs.list_queues()}["risky"] is True
         assert (await jobs.resume_queue("risky")).paused is False
+        risky_q = await jobs.set_queue("risky", concurrency=2, rate={"limit": 5, "period_ms": 1000})
+        assert (risky_q.name, risky_q.counts["failed"], risky_q.settings.concurrency) == ("risky", 3, 2)
+        assert risky_q.settings.rate == m.Rate(limit=5, period_ms=1000, burst=1)
+        assert (await jobs.set_queue("risky", rate=None)).settings.rate is None
+        with pytest.raises(APIError) as refused:
+            await jobs.set_queue("risky", group_concurrency=-1)
+        assert (refused.value.status_code, refused.value.field) == (422, "group_concurrency")
+        assert {q.name: q for q in await jobs.list_queues()}["risky"].settings.concurrency == 2
 
         metrics = await jobs.metrics()
         risky = metrics.queues["risky"]
+        assert (risky.settings.concurrency, risky.flow.running, risky.flow.parked) == (2, 0, 0)
         assert (risky.jobs["failed"], risky.last_hour.failed, risky.last_hour.success_rate) == (3, 3, 0.0)
         assert metrics.queues["default"].last_hour.completed == 1
         assert "risky" in await jobs.metrics_text()

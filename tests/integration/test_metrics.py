@@ -1,9 +1,13 @@
 """Metrics: exact values for known jobs (run through the engine on a FakeClock, and crafted rows
-with known durations), the Prometheus exposition, the cost (one Redis request, two statements,
-whatever the table size), the HTTP routes, and the per-job / per-drain JSON log lines."""
+with known durations), flow control's view (limits, running and parked jobs, the busiest parked
+scopes), the Prometheus exposition, the cost (two Redis requests side by side, a third only when
+jobs are parked, and two statements, whatever the table size), the HTTP routes, and the per-job /
+per-drain JSON log lines."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 import logging
 from datetime import datetime, timedelta
@@ -16,8 +20,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from jobqueue.clock import FakeClock
 from jobqueue.engine import JobQueue
+from jobqueue.keys import type_tag
 from jobqueue.metrics import collect, prometheus_text
-from jobqueue.models import Backoff
+from jobqueue.models import Backoff, QueueSettings
 from jobqueue.registry import JobContext, Registry
 from jobqueue.settings import Settings
 from jobqueue.web.app import create_app
@@ -219,7 +224,7 @@ async def test_prometheus_text_parses_and_carries_the_values(crafted: JobQueue) 
 
 
 @pytest.mark.parametrize("n", [10, 10_000])
-async def test_collect_costs_one_redis_request_and_two_statements(make_jq: Any, database_url: str, n: int) -> None:
+async def test_collect_costs_two_redis_requests_and_two_statements(make_jq: Any, database_url: str, n: int) -> None:
     jq: JobQueue = make_jq(transport="redis")
     conn = await asyncpg.connect(database_url)
     statuses = "ARRAY['completed','completed','completed','failed','cancelled','pending','scheduled','processing']"
@@ -235,10 +240,121 @@ async def test_collect_costs_one_redis_request_and_two_statements(make_jq: Any, 
     await conn.close()
     jq.redis.requests = jq.store.statements = 0
     m = await collect(jq)
-    assert (jq.redis.requests, jq.store.statements) == (1, 2)
+    assert (jq.redis.requests, jq.store.statements) == (2, 2)  # nothing parked: no third request
     total = sum(sum(q["jobs"].values()) + q["last_day"]["completed"] for q in m["queues"].values())
     assert total == n
     assert len(m["queues"]) == min(n, 7) + 1  # q0..q6 and the registry's default
+
+
+def _group_scope(group: str) -> str:
+    return "g:" + hashlib.sha256(group.encode()).hexdigest()[:12]
+
+
+async def test_flow_control_metrics_limits_running_and_parked_scopes(
+    make_jq: Any, registry: Registry, clock: FakeClock
+) -> None:
+    """Three groups of one queue under a per-group concurrency of 1, held mid-run: the metrics show
+    the limits, the jobs running (one per group and the ungrouped one), those parked, and the
+    scopes with the most parked, busiest first; once the jobs finish nothing is running or parked."""
+    gate = asyncio.Event()
+
+    @registry.job("hold", timeout_ms=30_000)
+    async def hold(payload: dict[str, Any], ctx: JobContext) -> None:
+        await gate.wait()
+
+    worker: JobQueue = make_jq(transport="redis")
+    observer: JobQueue = make_jq(transport="redis")  # its request counter sees only collect()
+    await worker.set_queue_settings(
+        "default",
+        {"concurrency": 8, "group_concurrency": 1, "rate": {"limit": 50, "period_ms": 1000, "burst": 20}},
+    )
+    await worker.set_queue_settings("default", {"aging_ms": 60_000, "defaults": {"max_attempts": 4}})
+    groups = ["acme"] * 4 + ["globex"] * 2 + ["initech"] + [None]
+    await worker.enqueue_many([{"type": "hold", "payload": {"i": i}, "group": g} for i, g in enumerate(groups)])
+    drain = asyncio.create_task(worker.drain(20))
+    try:
+        for _ in range(500):
+            m = (await collect(observer))["queues"]["default"]
+            if m["flow"]["running"] == 4 and m["flow"]["parked"] == 4:
+                break
+            await asyncio.sleep(0.01)
+        assert m["flow"] == {
+            "running": 4,
+            "parked": 4,
+            "top_parked": [
+                {"scope": _group_scope("acme"), "type": None, "group_hash": _group_scope("acme")[2:], "parked": 3},
+                {"scope": _group_scope("globex"), "type": None, "group_hash": _group_scope("globex")[2:], "parked": 1},
+            ],
+        }
+        assert m["settings"] == QueueSettings.model_validate(
+            {
+                "concurrency": 8,
+                "group_concurrency": 1,
+                "rate": {"limit": 50, "period_ms": 1000, "burst": 20},
+                "aging_ms": 60_000,
+                "defaults": {"max_attempts": 4},
+            }
+        ).model_dump(mode="json")
+        observer.redis.requests = observer.store.statements = 0
+        snapshot = await collect(observer)
+        assert (observer.redis.requests, observer.store.statements) == (3, 2)  # the parked scopes' counts
+        text = prometheus_text(snapshot).decode()
+    finally:
+        gate.set()
+        done = (await drain).completed
+    for _ in range(5):  # a drain may end while the rest waits on a slot: the next ones take it
+        done += 0 if done == 8 else (await worker.drain(5)).completed
+    assert done == 8
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+        if dict(s.labels).get("queue") == "default"
+    }
+
+    def v(name: str, **labels: str) -> float:
+        return samples[(name, tuple(sorted({"queue": "default", **labels}.items())))]
+
+    assert v("jobqueue_queue_concurrency_limit", scope="queue") == 8
+    assert v("jobqueue_queue_concurrency_limit", scope="group") == 1
+    assert v("jobqueue_queue_rate_limit_per_second", scope="queue") == 50
+    assert v("jobqueue_queue_rate_burst", scope="queue") == 20
+    assert v("jobqueue_queue_aging_seconds") == 60
+    assert not any(k[0] == "jobqueue_queue_rate_burst" and ("scope", "group") in k[1] for k in samples)
+    assert (v("jobqueue_running_jobs"), v("jobqueue_parked_jobs")) == (4, 4)
+    assert v("jobqueue_parked_scope_jobs", scope=_group_scope("acme"), type="") == 3
+    after = (await collect(observer))["queues"]["default"]["flow"]
+    assert after == {"running": 0, "parked": 0, "top_parked": []}
+
+
+async def test_a_parked_scope_of_a_limited_type_names_the_type(make_jq: Any, registry: Registry) -> None:
+    gate = asyncio.Event()
+
+    @registry.job("sync.crm", concurrency=1, timeout_ms=30_000)
+    async def sync_crm(payload: dict[str, Any], ctx: JobContext) -> None:
+        await gate.wait()
+
+    worker: JobQueue = make_jq(transport="redis")
+    await worker.enqueue_many([{"type": "sync.crm", "payload": {"i": i}} for i in range(3)])
+    drain = asyncio.create_task(worker.drain(20))
+    try:
+        for _ in range(500):
+            flow = (await collect(worker))["queues"]["default"]["flow"]
+            if flow["parked"] == 2:
+                break
+            await asyncio.sleep(0.01)
+        tag = type_tag("sync.crm")
+        assert flow == {
+            "running": 1,
+            "parked": 2,
+            "top_parked": [{"scope": f"t:{tag}", "type": "sync.crm", "group_hash": None, "parked": 2}],
+        }
+    finally:
+        gate.set()
+        done = (await drain).completed
+    for _ in range(5):
+        done += 0 if done == 3 else (await worker.drain(5)).completed
+    assert done == 3
 
 
 async def test_metrics_routes_need_the_token_and_answer_json_and_prometheus(crafted: JobQueue) -> None:

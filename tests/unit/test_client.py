@@ -140,6 +140,14 @@ def fake_time(monkeypatch: pytest.MonkeyPatch) -> FakeTime:
         (_api.list_queues(), "GET", "/api/queues", {}, None),
         (_api.pause_queue("emails"), "POST", "/api/queues/emails/pause", {}, None),
         (_api.resume_queue("a b/c"), "POST", "/api/queues/a%20b%2Fc/resume", {}, None),
+        (
+            _api.set_queue("a/b", concurrency=4, rate={"limit": 10, "period_ms": 1000}, aging_ms=None),
+            "PUT",
+            "/api/queues/a%2Fb",
+            {},
+            {"concurrency": 4, "rate": {"limit": 10, "period_ms": 1000}, "aging_ms": None},
+        ),
+        (_api.set_queue("q"), "PUT", "/api/queues/q", {}, {}),
         (_api.metrics(), "GET", "/api/metrics", {}, None),
         (_api.metrics_text(), "GET", "/api/metrics/prometheus", {}, None),
         (_api.health(), "GET", "/api/health", {}, None),
@@ -279,6 +287,22 @@ async def test_enqueue_many_posts_one_batch_and_returns_its_jobs(kind: str) -> N
     assert api.body() == {"jobs": [{"type": "echo", "payload": {"i": 1}}, {"type": "echo", "payload": {}}]}
 
 
+QUEUE = {
+    "name": "emails",
+    "paused": False,
+    "counts": {"pending": 1},
+    "settings": {
+        "defaults": {"max_attempts": 4, "backoff": None, "timeout_ms": None},
+        "concurrency": 4,
+        "rate": {"limit": 10, "period_ms": 1000, "burst": 5},
+        "group_concurrency": None,
+        "group_rate": None,
+        "retention": {"completed": None, "failed": {"age_days": 30.0, "count": None}},
+        "aging_ms": None,
+    },
+}
+
+
 @pytest.mark.parametrize(
     ("method", "args", "answer", "expect"),
     [
@@ -292,6 +316,7 @@ async def test_enqueue_many_posts_one_batch_and_returns_its_jobs(kind: str) -> N
         ("list_queues", (), {"queues": [{"name": "default", "paused": False, "counts": {"pending": 1}}]}, None),
         ("pause_queue", ("emails",), {"name": "emails", "paused": True}, ("POST", "/api/queues/emails/pause")),
         ("resume_queue", ("emails",), {"name": "emails", "paused": False}, ("POST", "/api/queues/emails/resume")),
+        ("set_queue", ("emails",), QUEUE, ("PUT", "/api/queues/emails")),
         ("health", (), {"status": "ok", "postgres": "ok", "redis": "ok"}, ("GET", "/api/health")),
     ],
 )
@@ -333,12 +358,57 @@ METRICS = {
 }
 
 
+async def test_set_queue_sends_the_settings_given_and_answers_the_queue(kind: str) -> None:
+    api = Recorder(httpx.Response(200, json=QUEUE))
+    got = await call(kind, api, "set_queue", "emails", concurrency=4, group_rate=None, defaults={"max_attempts": 4})
+    assert (api.requests[0].method, api.requests[0].url.path) == ("PUT", "/api/queues/emails")
+    assert api.body() == {"concurrency": 4, "group_rate": None, "defaults": {"max_attempts": 4}}
+    assert isinstance(got, m.QueueInfo) and got.settings.rate is not None
+    assert (got.settings.concurrency, got.settings.rate.burst, got.settings.group_rate) == (4, 5, None)
+    assert got.settings.retention is not None and got.settings.retention.failed is not None
+    assert got.settings.retention.failed.age_days == 30.0
+    refused = Recorder(
+        httpx.Response(422, json={"error": {"code": "invalid_request", "message": "bad", "field": "rate.period_ms"}})
+    )
+    with pytest.raises(APIError) as e:
+        await call(kind, refused, "set_queue", "emails", rate={"limit": 1, "period_ms": 0})
+    assert (e.value.status_code, e.value.field) == (422, "rate.period_ms")
+
+
+def test_set_queue_refuses_an_unknown_setting_before_any_request() -> None:
+    api = Recorder()
+    with sync_client(api) as c, pytest.raises(TypeError, match="unknown setting 'max_concurrency'"):
+        c.set_queue("q", max_concurrency=3)
+    assert api.requests == []
+
+
+def test_a_queue_from_a_server_without_settings_has_none_set() -> None:
+    old = m.QueueInfo.model_validate({"name": "q", "paused": False, "counts": {}})
+    assert old.settings.concurrency is None and old.settings.rate is None
+    metrics = m.Metrics.model_validate(METRICS)
+    assert metrics.queues["default"].flow.running == 0 and metrics.queues["default"].settings.rate is None
+
+
+FLOW = {
+    "running": 2,
+    "parked": 3,
+    "top_parked": [
+        {"scope": "t:0a1b2c3d:g:0123456789ab", "type": "webhook.deliver", "group_hash": "0123456789ab", "parked": 3}
+    ],
+}
+
+
 async def test_metrics_json_and_text(kind: str) -> None:
     api = Recorder(httpx.Response(200, json=METRICS), httpx.Response(200, text="jobqueue_jobs 1\n"))
     got = await call(kind, api, "metrics")
     assert isinstance(got, m.Metrics)
     assert got.queues["default"].last_hour.success_rate == 0.75
-    assert got.model_dump(mode="json") == {**METRICS, "generated_at": "2030-01-02T03:04:05Z"}
+    assert got.model_dump(mode="json", exclude_unset=True) == {**METRICS, "generated_at": "2030-01-02T03:04:05Z"}
+    flowing = {**METRICS["queues"]["default"], "settings": QUEUE["settings"], "flow": FLOW}
+    newer = Recorder(httpx.Response(200, json={**METRICS, "queues": {"default": flowing}}))
+    q = (await call(kind, newer, "metrics")).queues["default"]
+    assert (q.flow.running, q.flow.parked, q.settings.concurrency) == (2, 3, 4)
+    assert q.flow.top_parked[0].type == "webhook.deliver" and q.flow.top_parked[0].parked == 3
     assert await call(kind, api, "metrics_text") == "jobqueue_jobs 1\n"
 
 
@@ -542,7 +612,7 @@ def test_models_answer_mapping_access_as_the_dict_client_did() -> None:
 
 def test_client_models_require_no_field_the_server_does_not_send() -> None:
     """Drift guard: every field a client model requires is in the server's model."""
-    from jobqueue.models import JobView
+    from jobqueue.models import JobView, QueueSettings, Rate
     from jobqueue.web import routes_admin, routes_metrics
 
     pairs = [
@@ -554,6 +624,10 @@ def test_client_models_require_no_field_the_server_does_not_send() -> None:
         (m.QueueMetrics, routes_metrics.QueueMetrics),
         (m.LastHour, routes_metrics.LastHour),
         (m.LastDay, routes_metrics.LastDay),
+        (m.QueueSettings, QueueSettings),
+        (m.Rate, Rate),
+        (m.FlowStats, routes_metrics.FlowStats),
+        (m.ParkedScope, routes_metrics.ParkedScope),
     ]
     for client_model, server_model in pairs:
         required = {n for n, f in client_model.model_fields.items() if f.is_required()}
