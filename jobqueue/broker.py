@@ -403,21 +403,31 @@ class Broker:
 
     async def flow_stats(self, queues: list[str], now_ms: int) -> dict[str, dict[str, Any]]:
         """Per queue: running jobs (live leases), parked jobs, the scopes with the most waiting,
-        and time gated. Two requests (the second only where jobs are parked)."""
+        and time spent gated. Two requests (the second only where jobs are parked)."""
         cmds: list[list[Any]] = []
         for q in queues:
             cmds += [
                 ["ZCOUNT", self.keys.processing(q), f"({now_ms}", "+inf"],
                 ["ZCARD", self.keys.parked(q)],
                 ["ZRANGE", self.keys.parked_keys(q), 0, 49],
+                ["HMGET", self.keys.limits(q), "gs", "gt"],
             ]
         res = await self.redis.pipeline(cmds) if cmds else []
         out: dict[str, dict[str, Any]] = {}
         counts: list[list[Any]] = []
         owners: list[tuple[str, str]] = []
         for i, q in enumerate(queues):
-            running, parked, keys = res[3 * i : 3 * i + 3]
-            out[q] = {"running": int(running or 0), "parked": int(parked or 0), "top_parked": []}
+            running, parked, keys, (since, total) = res[4 * i : 4 * i + 4]
+            gated_since = int(float(since)) if since is not None else None
+            out[q] = {
+                "running": int(running or 0),
+                "parked": int(parked or 0),
+                "top_parked": [],
+                # Time spent with work waiting on a limit: the periods that ended, plus the one
+                # still going (claim.lua keeps both).
+                "gated_ms": int(float(total or 0)) + (max(0, now_ms - gated_since) if gated_since else 0),
+                "gated_since_ms": gated_since,
+            }
             for scope in keys or []:
                 counts.append(["ZLEXCOUNT", self.keys.parked(q), f"[{scope}|", f"[{scope}|\xff"])
                 owners.append((q, scope))

@@ -8,8 +8,8 @@ side by side (a third when jobs are parked), whatever the size of the jobs table
   ahead), parked jobs (held back by a concurrency or rate limit of their group or type) and the
   ten scopes with the most parked jobs, among the 50 that reopen soonest. A scope names a type
   (by its registered name when this process knows it) and/or a group (by the hash of its name:
-  the engine keeps no group names in Redis). Time spent gated is not measured: nothing records
-  when a limit started holding work back.
+  the engine keeps no group names in Redis). And the time spent gated (work waiting on a limit),
+  which the claim script keeps per queue: since when, and the total of earlier periods.
 - Postgres `metrics_counts`: unfinished, failed and cancelled counts per queue, the oldest due job,
   the paused flags and each queue's settings (its limits, defaults and retention), from index-only
   scans of the partial indexes `jobs_active`, `jobs_dead` and `jobs_due` (and the small `queues`
@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -86,15 +86,23 @@ async def collect(jq: JobQueue) -> dict[str, Any]:
             "running": f["running"],
             "parked": f["parked"],
             "top_parked": [{**describe_scope(s["scope"], names_known), "parked": s["parked"]} for s in f["top_parked"]],
+            "gated_s": f["gated_ms"] / 1000,
+            "gated_since": iso_ms(f["gated_since_ms"]),
         }
     return {"generated_at": now.isoformat().replace("+00:00", "Z"), "queues": queues}
+
+
+def iso_ms(ms: int | None) -> str | None:
+    if ms is None:
+        return None
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z")
 
 
 def _empty_queue() -> dict[str, Any]:
     return {
         "paused": False,
         "settings": QueueSettings().model_dump(mode="json"),
-        "flow": {"running": 0, "parked": 0, "top_parked": []},
+        "flow": {"running": 0, "parked": 0, "top_parked": [], "gated_s": 0.0, "gated_since": None},
         "jobs": dict.fromkeys(STATES, 0),
         "ready": {str(p): 0 for p in range(MAX_PRIORITY, -1, -1)},
         "redis": {"ready": 0, "delayed": 0, "processing": 0},
@@ -184,6 +192,8 @@ HELP = {
     "jobqueue_running_jobs": "Jobs running now: live leases (Redis)",
     "jobqueue_parked_jobs": "Jobs held back by a group's or a type's limit (Redis)",
     "jobqueue_parked_scope_jobs": "Parked jobs of the scopes with the most (top 10 per queue)",
+    "jobqueue_gated_seconds": "Time this queue has spent with work waiting on a limit (since Redis last lost its data)",
+    "jobqueue_gated": "1 while work in this queue waits on a flow-control limit",
 }
 
 
@@ -234,6 +244,8 @@ class _Snapshot(Collector):
             flow = m["flow"]
             put("jobqueue_running_jobs", flow["running"], queue=q)
             put("jobqueue_parked_jobs", flow["parked"], queue=q)
+            put("jobqueue_gated_seconds", flow["gated_s"], queue=q)
+            put("jobqueue_gated", float(flow["gated_since"] is not None), queue=q)
             for scope in flow["top_parked"]:
                 put(
                     "jobqueue_parked_scope_jobs",

@@ -29,8 +29,8 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from ..broker import Ack, Claimed
-from ..keys import has_scopes
 from ..clock import iso, to_ms
+from ..keys import has_scopes
 from ..reconcile import reconcile, sweep
 from .execute import Executor, log_outcome, released
 from .leases import Held, Leases

@@ -10,9 +10,11 @@
 -- exact by this script and ack.lua (every lease added or removed is counted, whatever the limits
 -- are). Limits: the queue's own (`limits` HASH: c = concurrency, r = rate "limit/period/burst",
 -- gc/gr the same per group, aging = ms per priority level, p = something is parked, hold = no
--- start before this time, after a RateLimited of a job that has no scope) and the
+-- start before this time, after a RateLimited of a job that has no scope; gs/gt = gated since,
+-- gated in total, for the metrics) and the
 -- types' (ARGV). Queue concurrency is the live leases in `processing` (ZCOUNT past now), queue
--- and scope rates are GCRA (`tat` HASH: the theoretical arrival time per scope). A member over a
+-- and scope rates are GCRA (`tat` HASH: the theoretical arrival time per scope, and "h:" .. scope
+-- a RateLimited hold on it, until when). A member over a
 -- scope's limit is parked under that scope (`parked` ZSET, member "scope|order|member", all scores 0,
 -- so lex order = priority then age: FIFO per scope) and its scope is listed in `parked_keys`
 -- (score: when it may be admissible again, or 9e15 while it waits for a slot; ack.lua lowers it
@@ -194,6 +196,7 @@ local nqueues = (#ARGV - 11) / 2
 for i = 0, nqueues - 1 do
   local queue = ARGV[12 + 2 * i]
   local qlimit = math.min(tonumber(ARGV[13 + 2 * i]), limit)
+  local offered = qlimit
   local base = 9 + 17 * i
   local delayed, processing = KEYS[base], KEYS[base + 1]
   local K_limits, K_inflight, K_tat = KEYS[base + 2], KEYS[base + 3], KEYS[base + 4]
@@ -591,6 +594,17 @@ for i = 0, nqueues - 1 do
         table.insert(args, deadline); table.insert(args, m .. "|" .. token)
       end
       redis.call("ZADD", processing, unpack(args))
+    end
+    -- Time spent gated (metrics): since when this queue is (`gs`), and the total of the periods
+    -- that ended (`gt`), in ms. Written only when the state changes. A claim that could take
+    -- nothing from this queue (no free slot in this drain) says nothing either way.
+    if offered > 0 then
+      if gated and not lim.gs then
+        redis.call("HSET", K_limits, "gs", now)
+      elseif not gated and lim.gs then
+        redis.call("HINCRBY", K_limits, "gt", math.max(0, now - tonumber(lim.gs)))
+        redis.call("HDEL", K_limits, "gs")
+      end
     end
     if horizon > 0 then
       local head = redis.call("ZRANGE", delayed, 0, 0, "WITHSCORES")

@@ -223,9 +223,24 @@ DELETE FROM jobs WHERE id IN (
 ) RETURNING id;
 
 -- name: retention
--- Delete a bounded chunk of finished jobs of one status older than the cutoff (housekeeping).
+-- Delete a bounded chunk ($4) of finished jobs of one status older than the cutoff, outside the
+-- queues that have an age rule of their own ($3) (housekeeping).
 DELETE FROM jobs WHERE id IN (
-    SELECT id FROM jobs WHERE finished_at < $2 AND status = $1 ORDER BY finished_at LIMIT $3
+    SELECT id FROM jobs WHERE finished_at < $2 AND status = $1 AND queue <> ALL($3::text[])
+    ORDER BY finished_at LIMIT $4
+) RETURNING id;
+
+-- name: retention_queue_age
+-- A queue's own age rule: a bounded chunk ($4) of its finished jobs of one status older than $3.
+DELETE FROM jobs WHERE id IN (
+    SELECT id FROM jobs WHERE finished_at < $3 AND status = $2 AND queue = $1 ORDER BY finished_at LIMIT $4
+) RETURNING id;
+
+-- name: retention_queue_count
+-- A queue's count rule: keep its newest $3 finished jobs of one status (by id), delete a bounded
+-- chunk ($4) of the rest.
+DELETE FROM jobs WHERE id IN (
+    SELECT id FROM jobs WHERE queue = $1 AND status = $2 ORDER BY id DESC OFFSET $3 LIMIT $4
 ) RETURNING id;
 
 -- name: dispatch_jobs

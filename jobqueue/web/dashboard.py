@@ -177,6 +177,8 @@ def flow_context(m: dict[str, Any]) -> dict[str, Any]:
         "group": " · ".join(p for p in group if p) or None,
         "aging": fmt_duration(st["aging_ms"] / 1000) if st["aging_ms"] is not None else None,
         "scopes": scopes,
+        "gated_s": m["flow"].get("gated_s", 0.0),
+        "gated_now": m["flow"].get("gated_since") is not None,
         "form": flat_values(QueueSettings.model_validate(st)),
     }
 

@@ -73,6 +73,11 @@ async def test_a_queue_card_shows_limits_running_and_parked_jobs(
         acme = "g:" + hashlib.sha256(b"acme").hexdigest()[:12]
         assert metric(page, f"queue:default:parked:{acme}") == "2"
         assert f"group {acme[2:]}" in page and "Waiting on a limit" in page
+        assert metric(page, "queue:default:gated") == "— (now)"  # gated since this instant
+        jq.clock.advance(1500)  # type: ignore[attr-defined]  # (within the leases: nothing is recovered)
+        page = (await dash.get("/dashboard")).text
+        assert metric(page, "queue:default:gated").endswith("(now)")
+        assert metric(page, "queue:default:gated") != "— (now)"
     finally:
         gate.set()
         done = (await drain).completed
@@ -80,6 +85,7 @@ async def test_a_queue_card_shows_limits_running_and_parked_jobs(
         done += (await jq.drain(5)).completed
     page = (await dash.get("/dashboard")).text
     assert metric(page, "queue:default:parked") == "0" and "Waiting on a limit" not in page
+    assert not metric(page, "queue:default:gated").endswith("(now)")
 
 
 async def test_the_settings_form_saves_clears_keeps_and_refuses(dash: httpx.AsyncClient, jq: JobQueue) -> None:

@@ -20,7 +20,17 @@ from jobqueue.web.kick import QStashKicker, install_kicker, qstash_kicker
 
 from .conftest import APP_SETTINGS, AUTH, WORKER_AUTH
 
-REPORT_KEYS = {"claimed", "completed", "retried", "failed", "released", "recovered", "duration_ms", "more", "gated_until"}
+REPORT_KEYS = {
+    "claimed",
+    "completed",
+    "retried",
+    "failed",
+    "released",
+    "recovered",
+    "duration_ms",
+    "more",
+    "gated_until",
+}
 QSTASH = {"QSTASH_TOKEN": "qstash-test-token", "QSTASH_URL": "https://qstash.test"}
 PUBLISH = "https://qstash.test/v2/publish/https://jobs.example.test/api/workers"
 

@@ -113,7 +113,9 @@ class FlowMachine(RuleBasedStateMachine):
         registry = build_registry(fates, config["typed"])
         prefix = f"{self.prefix}x{uuid.uuid4().hex[:6]}"  # removed at teardown
         s = Settings(JOBQUEUE_PREFIX=prefix, DATABASE_URL=self.database_url)
-        self.jq = JobQueue(Store(self.database_url, pool_max=4), RedisPyTransport.from_url(self.redis_url), registry, s, clock)
+        self.jq = JobQueue(
+            Store(self.database_url, pool_max=4), RedisPyTransport.from_url(self.redis_url), registry, s, clock
+        )
         await self.jq.set_queue_settings(QUEUE, {k: v for k, v in config["queue"].items() if v is not None})
         self.sim = FlowSim(self.jq, clock, QUEUE, drains)
         self.sim.fates = fates
@@ -138,7 +140,11 @@ class FlowMachine(RuleBasedStateMachine):
         assert self.sim is not None
         self.run(self.sim.claim(d % len(self.sim.drains), n))
 
-    @rule(d=st.integers(0, 3), pick=st.integers(0, 20), fate=st.sampled_from(["ok", "ok", "retry", "rate_limited", "released"]))
+    @rule(
+        d=st.integers(0, 3),
+        pick=st.integers(0, 20),
+        fate=st.sampled_from(["ok", "ok", "retry", "rate_limited", "released"]),
+    )
     def finish(self, d: int, pick: int, fate: str) -> None:
         assert self.sim is not None
         self.run(self.sim.finish(d % len(self.sim.drains), pick, fate))
@@ -270,4 +276,3 @@ def test_flow_control_holds_under_any_interleaving(database_url: str, redis_serv
             suppress_health_check=list(HealthCheck),
         ),
     )
-

@@ -83,6 +83,25 @@ async def test_retention_deletes_only_what_is_old_enough(jq: JobQueue) -> None:
     assert await remaining(jq, old_done + old_failed + kept) == sorted(kept)
 
 
+async def test_a_queue_keeps_its_own_retention_by_age_and_by_count(jq: JobQueue) -> None:
+    # "webhooks": completed ones removed at once, failed ones kept 30 days but only the newest 2.
+    await jq.set_queue_settings(
+        "webhooks", {"retention": {"completed": {"age_days": 0}, "failed": {"age_days": 30, "count": 2}}}
+    )
+    await jq.set_queue_settings("audit", {"retention": {"completed": {"age_days": 365}}})
+    done_now = await add(jq, "completed", 0.001, 3, queue="webhooks")
+    failed_old = await add(jq, "failed", 31, 1, queue="webhooks")
+    failed = await add(jq, "failed", 1, 4, queue="webhooks")
+    audit_kept = await add(jq, "completed", 300, 2, queue="audit")  # past the default 7 days
+    audit_gone = await add(jq, "completed", 366, 1, queue="audit")
+    default_gone = await add(jq, "completed", 8, 1)  # other queues: the environment's rules
+    default_failed = await add(jq, "failed", 60, 3)  # kept 90 days, however many
+    everything = done_now + failed_old + failed + audit_kept + audit_gone + default_gone + default_failed
+    out = await retention(jq)
+    assert await remaining(jq, everything) == sorted(failed[-2:] + audit_kept + default_failed)
+    assert (out.completed, out.failed, out.more) == (5, 3, False)
+
+
 async def test_at_most_once_per_interval_on_the_engines_clock(jq: JobQueue, clock: FakeClock) -> None:
     await busy_drain(jq)  # the first run: nothing to delete yet
     old = await add(jq, "completed", 30, 2)
@@ -116,7 +135,7 @@ async def test_chunks_are_bounded_and_a_backlog_continues_on_the_next_drain(
     jq.store.statements = 0
     first = await housekeep(jq)
     assert first == housekeeping.Retention(completed=4, failed=0, chunks=2, more=True)
-    assert jq.store.statements == 2
+    assert jq.store.statements == 3  # the queues' own rules, then two chunks
     assert len(await remaining(jq, done)) == 1
 
     # The cap was hit, so the turn is due again at once (the clock has not moved).
@@ -133,7 +152,7 @@ async def test_retention_statement_count_is_capped(jq: JobQueue) -> None:
     jq.store.statements = 0
     out = await retention(jq, chunk=3, max_chunks=5)
     assert (out.completed, out.failed, out.chunks, out.more) == (15, 0, 5, True)
-    assert jq.store.statements == 5
+    assert jq.store.statements == 6  # one read of the queues' rules, five chunks
 
 
 async def test_racing_processes_take_one_turn(jq: JobQueue, make_jq: Any) -> None:

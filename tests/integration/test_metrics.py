@@ -285,7 +285,11 @@ async def test_flow_control_metrics_limits_running_and_parked_scopes(
                 {"scope": _group_scope("acme"), "type": None, "group_hash": _group_scope("acme")[2:], "parked": 3},
                 {"scope": _group_scope("globex"), "type": None, "group_hash": _group_scope("globex")[2:], "parked": 1},
             ],
+            "gated_s": 0.0,  # gated since the claim that parked them, on the engine's clock
+            "gated_since": clock.now().isoformat().replace("+00:00", "Z"),
         }
+        clock.advance(2500)
+        assert (await collect(observer))["queues"]["default"]["flow"]["gated_s"] == 2.5
         assert m["settings"] == QueueSettings.model_validate(
             {
                 "concurrency": 8,
@@ -324,7 +328,8 @@ async def test_flow_control_metrics_limits_running_and_parked_scopes(
     assert (v("jobqueue_running_jobs"), v("jobqueue_parked_jobs")) == (4, 4)
     assert v("jobqueue_parked_scope_jobs", scope=_group_scope("acme"), type="") == 3
     after = (await collect(observer))["queues"]["default"]["flow"]
-    assert after == {"running": 0, "parked": 0, "top_parked": []}
+    # Nothing waits any more: the gated period ended and counts in the total.
+    assert after == {"running": 0, "parked": 0, "top_parked": [], "gated_s": 2.5, "gated_since": None}
 
 
 async def test_a_parked_scope_of_a_limited_type_names_the_type(make_jq: Any, registry: Registry) -> None:
@@ -348,6 +353,8 @@ async def test_a_parked_scope_of_a_limited_type_names_the_type(make_jq: Any, reg
             "running": 1,
             "parked": 2,
             "top_parked": [{"scope": f"t:{tag}", "type": "sync.crm", "group_hash": None, "parked": 2}],
+            "gated_s": 0.0,
+            "gated_since": worker.clock.now().isoformat().replace("+00:00", "Z"),
         }
     finally:
         gate.set()
