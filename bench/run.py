@@ -10,7 +10,12 @@ import argparse
 import subprocess
 import sys
 
-QUICK = {"bench.engine": ["--jobs", "20000"], "bench.drain": ["--jobs", "20000"], "bench.http": []}
+QUICK = {
+    "bench.engine": ["--jobs", "20000"],
+    "bench.drain": ["--jobs", "20000"],
+    "bench.groups": ["--jobs", "5000", "--workload", "echo"],
+    "bench.http": [],
+}
 
 
 def main() -> int:
@@ -18,7 +23,15 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="smaller runs (a few minutes in all)")
     p.add_argument("--only", nargs="*", help="module names, e.g. bench.drain")
     args = p.parse_args()
-    modules = ["bench.engine", "bench.drain", "bench.webhook", "bench.schedules", "bench.http", "bench.metrics_large"]
+    modules = [
+        "bench.engine",
+        "bench.drain",
+        "bench.webhook",
+        "bench.groups",
+        "bench.schedules",
+        "bench.http",
+        "bench.metrics_large",
+    ]
     failed = []
     for module in args.only or modules:
         extra = QUICK.get(module, []) if args.quick else []

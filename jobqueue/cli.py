@@ -267,7 +267,7 @@ async def _list(jq: Any, args: argparse.Namespace) -> dict[str, Any]:
     from .engine import view
 
     # The API's own cursor codec, so that a cursor from `GET /api/jobs` works here and back.
-    from .web.deps import decode_cursor, encode_cursor
+    from .validation import decode_cursor, encode_cursor
 
     rows, last = await jq.list_jobs(
         status=args.status, queue=args.queue, type=args.type, limit=args.limit, cursor=decode_cursor(args.cursor)

@@ -29,6 +29,13 @@ class InvalidJob(JobQueueError):
         self.field = field
 
 
+class InvalidRequest(InvalidJob):
+    """The request is invalid."""
+
+    # A 422 about the request itself (malformed JSON, a bad parameter or cursor, a bad operator
+    # body), as opposed to the engine's `invalid_job` about the job it describes.
+
+
 class PayloadTooLarge(JobQueueError):
     """The request body is too large."""
 

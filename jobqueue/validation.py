@@ -3,13 +3,15 @@ says why, before anything is written."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from typing import Any, TypeVar
 
 import orjson
 from pydantic import BaseModel, ValidationError
 
-from .errors import InvalidJob, JobNotFound
+from .errors import InvalidJob, InvalidRequest, JobNotFound
 from .models import QUEUE_NAME, JobRequest
 
 # A \u0000 escape that is not itself escaped (preceded by an even number of backslashes).
@@ -74,3 +76,32 @@ def check_queue_name(queue: str) -> str:
     if not QUEUE_NAME.fullmatch(queue):
         raise InvalidJob("a queue's name is 1-100 letters, digits, '_', '.' or '-'", field="queue")
     return queue
+
+
+# --- the list cursor (the API, the CLI and the client share it) ---------------------------
+
+MAX_ID = 2**63 - 1  # ids are Postgres bigints
+
+
+def encode_cursor(last_id: int | None) -> str | None:
+    if last_id is None:
+        return None
+    return base64.urlsafe_b64encode(f"id:{last_id}".encode()).rstrip(b"=").decode()
+
+
+def decode_cursor(cursor: str | None) -> int | None:
+    """Opaque to clients (so the paging key can change); anything we did not issue is a 422."""
+    if cursor is None:
+        return None
+    n = -1
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+        tag, _, value = raw.partition(":")
+        if tag == "id" and value.isdigit():
+            n = int(value)
+    except (binascii.Error, ValueError):
+        pass
+    # The round trip rejects what the lenient decoder would accept (stray characters, padding).
+    if not 0 < n <= MAX_ID or encode_cursor(n) != cursor:
+        raise InvalidRequest("cursor is malformed or was not issued by this API", field="cursor")
+    return n

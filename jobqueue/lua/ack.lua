@@ -17,7 +17,8 @@
 --   n, then n pairs (deadline ms, lease member) to hand back to their holder
 --   n, then n pairs (until ms, member) to park, their scope (or the whole queue) held until then
 -- Returns the number of leases removed. Commands: 1 ZMSCORE + 1 ZREM for the removals, 1 per
--- section used, 1 HINCRBY per scope whose count changed and 1 ZADD to wake them.
+-- section used, 1 HMGET + 1 HSET + 1 HDEL for the scopes whose counts changed, 1 ZADD to wake
+-- them.
 
 local now = tonumber(ARGV[1])
 local a = 2
@@ -147,13 +148,25 @@ for b = 1, #KEYS, 17 do
   end
 
   -- The counts, and the scopes whose jobs wait for a slot: due now (ZADD XX LT).
-  local woken = {}
+  -- One HMGET, one HSET and one HDEL however many scopes changed (the script is atomic, so a
+  -- read-modify-write is as exact as HINCRBY): with thousands of active groups, a command per
+  -- scope would cost more than the jobs' own acknowledgements.
+  local changed, woken = {}, {}
   for s, d in pairs(delta) do
     if d ~= 0 then
-      local v = redis.call("HINCRBY", inflight, s, d)
-      if v <= 0 then redis.call("HDEL", inflight, s) end
+      table.insert(changed, s)
       if d < 0 then table.insert(woken, now); table.insert(woken, s) end
     end
+  end
+  if #changed > 0 then
+    local old = redis.call("HMGET", inflight, unpack(changed))
+    local set, gone = {}, {}
+    for j, s in ipairs(changed) do
+      local v = (tonumber(old[j]) or 0) + delta[s]
+      if v > 0 then table.insert(set, s); table.insert(set, v) else table.insert(gone, s) end
+    end
+    if #set > 0 then redis.call("HSET", inflight, unpack(set)) end
+    if #gone > 0 then redis.call("HDEL", inflight, unpack(gone)) end
   end
   if #woken > 0 then redis.call("ZADD", parked_keys, "XX", "LT", unpack(woken)) end
 end

@@ -360,6 +360,7 @@ for i = 0, nqueues - 1 do
     local offset = {}  -- per scope, its members an unpark pass took (removed at the pass's end)
     local heads = {}  -- per scope, the order key of its oldest member in Redis (false: none)
     local pending = {}  -- per scope, the oldest order key parked by this claim (written at its end)
+    local served = {}  -- the scopes an unpark pass served
     local function park(s, m, eligible)
       local key = order_key(m)
       table.insert(park_members, 0); table.insert(park_members, s .. "|" .. key .. "|" .. m)
@@ -393,7 +394,9 @@ for i = 0, nqueues - 1 do
         return false
       end
       for _, s in ipairs(scopes) do
-        if s ~= from and parked_at[s] ~= nil and older_waiting(s, m) then
+        -- A scope being served in this claim still counts: the members its pass has not reached
+        -- yet are older than `m` may be.
+        if s ~= from and (parked_at[s] ~= nil or served[s]) and older_waiting(s, m) then
           park(s, m, parked_at[s])  -- behind the members already waiting there: FIFO per scope
           return false
         end
@@ -430,7 +433,6 @@ for i = 0, nqueues - 1 do
     -- Write the members parked so far, and their scopes' times (a scope being served gets its
     -- new time as is; another keeps an earlier one: LT).
     local parked_any = false
-    local served = {}  -- the scopes an unpark pass served
     local function write_parks()
       if #park_members == 0 then return end
       redis.call("ZADD", K_parked, unpack(park_members))

@@ -1,5 +1,5 @@
 """Request plumbing shared by the routes: the lazily built engine, `Annotated` dependency aliases,
-bounded body reading, strict JSON, and the opaque list cursor.
+bounded body reading, strict JSON, and paging (the cursor codec itself is jobqueue.validation's).
 
 The engine is built on first use, not at import or startup: Vercel imports `api/index.py` on
 every cold start and Mangum runs lifespan on every invocation, so nothing that connects (or
@@ -8,8 +8,6 @@ imports asyncpg and the Redis clients) may happen before a request needs it.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import math
 import sys
@@ -25,6 +23,11 @@ from jobqueue.errors import PayloadTooLarge, Unavailable
 from jobqueue.models import Status
 from jobqueue.settings import Settings
 
+# Re-exported: the routes and the dashboard page with them.
+from jobqueue.validation import MAX_ID as MAX_ID
+from jobqueue.validation import decode_cursor as decode_cursor
+from jobqueue.validation import encode_cursor as encode_cursor
+
 from .http_errors import InvalidRequest
 
 if TYPE_CHECKING:
@@ -33,7 +36,6 @@ if TYPE_CHECKING:
 
 Kicker = Callable[[], Awaitable[None]]
 
-MAX_ID = 2**63 - 1  # ids are Postgres bigints
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -304,30 +306,6 @@ def json_body(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 # --- listing ----------------------------------------------------------------------------------
-
-
-def encode_cursor(last_id: int | None) -> str | None:
-    if last_id is None:
-        return None
-    return base64.urlsafe_b64encode(f"id:{last_id}".encode()).rstrip(b"=").decode()
-
-
-def decode_cursor(cursor: str | None) -> int | None:
-    """Opaque to clients (so the paging key can change); anything we did not issue is a 422."""
-    if cursor is None:
-        return None
-    n = -1
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
-        tag, _, value = raw.partition(":")
-        if tag == "id" and value.isdigit():
-            n = int(value)
-    except (binascii.Error, ValueError):
-        pass
-    # The round trip rejects what the lenient decoder would accept (stray characters, padding).
-    if not 0 < n <= MAX_ID or encode_cursor(n) != cursor:
-        raise InvalidRequest("cursor is malformed or was not issued by this API", field="cursor")
-    return n
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,8 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
-from jobqueue.errors import InvalidJob, JobQueueError, Unauthorized, Unavailable
+from jobqueue.errors import InvalidRequest as InvalidRequest  # raised by the routes; defined with the rest
+from jobqueue.errors import JobQueueError, Unauthorized, Unavailable
 
 log = logging.getLogger("jobqueue.api")
 
@@ -35,13 +36,6 @@ _HTTP_CODES = {
     405: "method_not_allowed",
     413: "payload_too_large",
 }
-
-
-class InvalidRequest(InvalidJob):
-    """The request is invalid."""
-
-    # A 422 about the request itself (malformed JSON, a bad parameter or cursor, a bad operator
-    # body), as opposed to the engine's `invalid_job` about the job it describes.
 
 
 class TooManyAttempts(JobQueueError):

@@ -4,7 +4,9 @@ published when a drain runs out of budget with work left."""
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -168,3 +170,25 @@ def test_qstash_kicker_needs_a_token_and_a_public_url() -> None:
     k = qstash_kicker(Settings(QSTASH_TOKEN="t", JOBQUEUE_PUBLIC_URL="https://a.test/"))
     assert isinstance(k, QStashKicker)
     assert k.publish_url == "https://qstash.upstash.io/v2/publish/https://a.test/api/workers"
+
+
+async def test_a_gated_drain_publishes_one_delayed_kick_for_when_the_gate_opens(
+    make_jq: Callable[..., JobQueue], make_client: Callable[[FastAPI], httpx.AsyncClient]
+) -> None:
+    # One start per 10 s: the first drain runs one job and ends gated until the rate allows the next.
+    jq = make_jq(**APP_SETTINGS, **QSTASH, JOBQUEUE_KICK_INTERVAL_MS=60_000)
+    await jq.set_queue_settings("default", {"rate": {"limit": 1, "period_ms": 10_000, "burst": 1}})
+    app = create_app(jq=jq)
+    with respx.mock() as mock:
+        route = mock.post(PUBLISH).respond(201, json={"messageId": "m"})
+        async with make_client(app) as c:
+            r = await c.post("/api/jobs/batch", json={"jobs": [{"type": "echo", "payload": {}}] * 2}, headers=AUTH)
+            assert r.status_code == 201
+            first = (await c.post("/api/workers", headers=WORKER_AUTH)).json()
+            again = (await c.post("/api/workers", headers=WORKER_AUTH)).json()
+    assert (first["completed"], again["completed"]) == (1, 0)
+    assert first["gated_until"] is not None and first["gated_until"] == again["gated_until"]
+    delayed = [call.request for call in route.calls if "upstash-not-before" in call.request.headers]
+    assert len(delayed) == 1  # one kick per due time, however many drains see the gate
+    opens_s = datetime.fromisoformat(first["gated_until"]).timestamp()
+    assert int(delayed[0].headers["upstash-not-before"]) == math.ceil(opens_s)
