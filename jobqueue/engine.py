@@ -147,6 +147,19 @@ class JobQueue:
             return await self.enqueuer.enqueue_in_session(session, prepared)
         return await self.enqueuer.insert(prepared, on=connection)
 
+    async def flow(
+        self, parent: JobRequest | dict[str, Any], children: Sequence[JobRequest | dict[str, Any]]
+    ) -> tuple[Row, list[Row]]:
+        """A parent that runs when all its children are done (BullMQ's FlowProducer, expressed as
+        dependencies): one all-or-nothing batch, the children first and the parent depending on
+        each of them (and on whatever its own `depends_on` names). Returns (parent, children)."""
+        if not 1 <= len(children) < MAX_BATCH:
+            raise InvalidJob(f"a flow has 1 to {MAX_BATCH - 1} children, got {len(children)}", field="children")
+        top = parent.model_dump(exclude_none=True) if isinstance(parent, JobRequest) else dict(parent)
+        top["depends_on"] = [*(top.get("depends_on") or ()), *({"index": i} for i in range(len(children)))]
+        rows = await self.enqueue_many([*children, top])
+        return rows[-1][0], [r for r, _ in rows[:-1]]
+
     def transaction(self, connection: Any) -> Any:
         """`async with jq.transaction(conn):` a transaction on the application's asyncpg
         connection; jobs enqueued in it with `connection=conn` are pushed once it commits."""

@@ -78,6 +78,14 @@ async def test_a_diamond_runs_its_join_once_after_both_branches_with_both_result
     assert [x["id"] for x in (await jq.get_with_graph(a))["dependents"]] == [b, c]
 
 
+async def test_a_flow_runs_its_parent_after_all_children_with_their_results(jq: JobQueue, log: Log) -> None:
+    parent, children = await jq.flow(step("parent"), [step(f"child{i}") for i in range(5)])
+    assert parent["status"] == "waiting" and [c["status"] for c in children] == ["pending"] * 5
+    await drain_all(jq)
+    assert log.order[-1] == parent["id"] and log.runs[parent["id"]] == 1
+    assert [d["result"]["name"] for d in log.seen[parent["id"]]] == [f"child{i}" for i in range(5)]
+
+
 async def test_a_job_waits_for_an_existing_job_by_id_and_runs_when_it_completes(jq: JobQueue, log: Log) -> None:
     up, _ = await jq.enqueue(step("up"))
     down, _ = await jq.enqueue(step("down", depends_on=[up["id"]]))
