@@ -156,7 +156,8 @@ class GraphEnqueuer:
             missing = sorted(r["id"] for r in got if r["kind"] == "missing")
             if missing:
                 raise _unknown(jobs, deps, set(missing), single)
-            by_n = {r["n"]: r for r in got}
+            # Ids were taken in batch order: the n-th smallest is the n-th job's.
+            by_n = dict(enumerate(sorted((r for r in got if r["kind"] == "job"), key=lambda r: r["id"])))
             for pos, i in enumerate(new):
                 r = by_n[pos]
                 row = _new_row(jobs[i], r["id"], {r["id"]: r})

@@ -75,7 +75,7 @@ class Backoff(BaseModel):
     jitter: float = Field(default=0.0, ge=0.0, le=1.0)
 
 
-MAX_DEPENDENCIES = 1000  # per job: a fan-in wider than a batch is built from several levels
+MAX_DEPENDENCIES = 10_000  # per job: a fan-in of 10,000 children (bench/flows.py) in one request
 
 
 class BatchRef(BaseModel):

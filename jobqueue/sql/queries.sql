@@ -574,8 +574,9 @@ SELECT id, next_run_at FROM schedules WHERE NOT paused;
 -- exist, nothing is inserted and the missing ids come back (kind 'missing'). No row is locked:
 -- an edge whose dependency has completed is recorded 'ok' at once, every other one 'pending'
 -- (the caller then runs resolve_dependencies for the new jobs, whose fresh snapshot closes the
--- race with a dependency finishing meanwhile). Ids are taken in batch order before the insert,
--- so that edges can name the batch's own jobs.
+-- race with a dependency finishing meanwhile). Ids are taken in batch order before the insert, so
+-- that edges can name the batch's own jobs; per-job values travel in arrays indexed by the batch
+-- index (no join between two CTEs, which the planner, blind to their sizes, could make quadratic).
 WITH x AS (
     SELECT * FROM jsonb_to_recordset($1::text::jsonb)
         AS x(n int, queue text, type text, payload jsonb, status text, priority smallint, max_attempts int,
@@ -583,24 +584,32 @@ WITH x AS (
              group_key text, limiter text, policy text, upstream boolean)
 ),
 e AS (SELECT * FROM unnest($5::int[], $6::bigint[], $7::int[]) AS e(n, up_id, up_n)),
-ext AS (SELECT j.id, j.status FROM jobs j WHERE j.id IN (SELECT up_id FROM e WHERE up_id IS NOT NULL)),
-missing AS (SELECT DISTINCT e.up_id AS id FROM e WHERE e.up_id IS NOT NULL AND e.up_id NOT IN (SELECT id FROM ext)),
+missing AS (
+    SELECT DISTINCT e.up_id AS id FROM e LEFT JOIN jobs t ON t.id = e.up_id WHERE e.up_id IS NOT NULL AND t.id IS NULL
+),
 ids AS MATERIALIZED (
-    SELECT s.n, nextval(pg_get_serial_sequence('jobs', 'id')) AS id
-    FROM (SELECT n FROM x WHERE NOT EXISTS (SELECT 1 FROM missing) ORDER BY n) s
+    SELECT array_agg(s.id ORDER BY s.n) AS id
+    FROM (SELECT n, nextval(pg_get_serial_sequence('jobs', 'id')) AS id
+          FROM (SELECT n FROM x WHERE NOT EXISTS (SELECT 1 FROM missing) ORDER BY n) o) s
 ),
-edge AS (
-    SELECT e.n, COALESCE(e.up_id, i.id) AS up,
+edge AS MATERIALIZED (
+    SELECT e.n, COALESCE(e.up_id, ids.id[e.up_n + 1]) AS up,
            CASE WHEN t.status = 'completed' THEN 'ok' ELSE 'pending' END AS state
-    FROM e LEFT JOIN ids i ON i.n = e.up_n LEFT JOIN ext t ON t.id = e.up_id
+    FROM e CROSS JOIN ids LEFT JOIN jobs t ON t.id = e.up_id
+    WHERE ids.id IS NOT NULL
 ),
-waits AS (SELECT n, count(*) FILTER (WHERE state = 'pending') AS k FROM edge GROUP BY n),
+-- the count of pending edges per job, dense over the batch (every job contributes a row)
+waits AS (
+    SELECT array_agg(k ORDER BY n) AS k
+    FROM (SELECT n, count(*) FILTER (WHERE state = 'pending') AS k
+          FROM (SELECT n, state FROM edge UNION ALL SELECT n, NULL FROM x) u GROUP BY n) g
+),
 ins AS (
     INSERT INTO jobs (id, queue, type, payload, status, priority, max_attempts, backoff, timeout_ms,
                       idempotency_key, run_at, created_at, dispatched, group_key, limiter, pending_deps,
                       has_dependents, on_dependency_failure)
     OVERRIDING SYSTEM VALUE
-    SELECT i.id, x.queue, x.type, x.payload, CASE WHEN COALESCE(w.k, 0) > 0 THEN 'waiting' ELSE x.status END,
+    SELECT ids.id[x.n + 1], x.queue, x.type, x.payload, CASE WHEN w.k[x.n + 1] > 0 THEN 'waiting' ELSE x.status END,
            x.priority,
            COALESCE(x.max_attempts, (q.settings #>> '{defaults,max_attempts}')::int, $2::int),
            COALESCE(x.backoff, q.settings #> '{defaults,backoff}', $4::text::jsonb),
@@ -608,20 +617,20 @@ ins AS (
            x.idempotency_key,
            'epoch'::timestamptz + x.run_at_us * interval '1 microsecond',
            'epoch'::timestamptz + x.created_us * interval '1 microsecond',
-           true, x.group_key, x.limiter, COALESCE(w.k, 0), COALESCE(x.upstream, false), x.policy
-    FROM x JOIN ids i ON i.n = x.n LEFT JOIN waits w ON w.n = x.n LEFT JOIN queues q ON q.name = x.queue
+           true, x.group_key, x.limiter, w.k[x.n + 1], COALESCE(x.upstream, false), x.policy
+    FROM x CROSS JOIN ids CROSS JOIN waits w LEFT JOIN queues q ON q.name = x.queue
+    WHERE ids.id IS NOT NULL
     ORDER BY x.n
     RETURNING id, status, pending_deps, max_attempts, timeout_ms, backoff::text AS backoff_text
 ),
 edges AS (
     INSERT INTO job_deps (job_id, depends_on, state)
-    SELECT i.id, edge.up, edge.state FROM edge JOIN ids i ON i.n = edge.n
+    SELECT ids.id[edge.n + 1], edge.up, edge.state FROM edge CROSS JOIN ids
     ON CONFLICT DO NOTHING
 )
-SELECT 'job' AS kind, i.n, ins.id, ins.status, ins.pending_deps, ins.max_attempts, ins.timeout_ms, ins.backoff_text
-FROM ins JOIN ids i ON i.id = ins.id
+SELECT 'job' AS kind, id, status, pending_deps, max_attempts, timeout_ms, backoff_text FROM ins
 UNION ALL
-SELECT 'missing', NULL, id, NULL, NULL, NULL, NULL, NULL FROM missing;
+SELECT 'missing', id, NULL, NULL, NULL, NULL, NULL FROM missing;
 
 -- name: resolve_dependencies
 -- Record finished jobs' outcomes on their dependents' edges, and move the dependents on, in one
@@ -639,8 +648,10 @@ SELECT 'missing', NULL, id, NULL, NULL, NULL, NULL, NULL FROM missing;
 -- running rows only, which no claim wants): a completion recorded after it returns the flag and
 -- resolves the edge itself; a row locked at that moment (a completion being recorded, a
 -- heartbeat) is skipped, not waited for (which could deadlock with a group's record), and
--- `again` says to settle once more with a fresh snapshot. Returns the jobs changed (what the
--- push to Redis needs, and whether they have dependents of their own).
+-- `again` says to settle once more with a fresh snapshot. A CTE is only ever joined to a table
+-- (by its index), never to another CTE: the planner cannot see their sizes, and a nested loop
+-- over two of 10,000 rows each would take seconds. Returns the jobs changed (what the push to
+-- Redis needs, whether they have dependents of their own, and the error of the cancelled).
 WITH RECURSIVE
 up AS (
     SELECT unnest($1::bigint[]) AS id
@@ -658,48 +669,56 @@ marked AS (
     UPDATE jobs j SET has_dependents = true FROM held h WHERE j.id = h.id AND j.status = 'processing'
     RETURNING j.id
 ),
-fin AS (SELECT j.id, j.status FROM jobs j WHERE j.id IN (SELECT id FROM up) AND j.status IN ('completed', 'failed', 'cancelled')),
-doomed(id, cause, cause_status) AS (
-    SELECT d.job_id, f.id, f.status FROM fin f
+fin AS (
+    SELECT j.id, j.status FROM jobs j
+    WHERE j.id IN (SELECT id FROM up) AND j.status IN ('completed', 'failed', 'cancelled')
+),
+doomed(id) AS (
+    SELECT d.job_id FROM fin f
     JOIN job_deps d ON d.depends_on = f.id AND d.state = 'pending'
     JOIN jobs w ON w.id = d.job_id AND w.status = 'waiting' AND w.on_dependency_failure = 'fail'
     WHERE f.status <> 'completed'
     UNION
-    SELECT d.job_id, x.id, 'cancelled' FROM doomed x
+    SELECT d.job_id FROM doomed x
     JOIN job_deps d ON d.depends_on = x.id AND d.state = 'pending'
     JOIN jobs w ON w.id = d.job_id AND w.status = 'waiting' AND w.on_dependency_failure = 'fail'
 ),
-cause AS (SELECT DISTINCT ON (id) id, cause, cause_status FROM doomed ORDER BY id, cause),
-gone AS (SELECT id, status = 'completed' AS ok FROM fin UNION ALL SELECT id, false FROM cause),
+-- what ends here: the finished jobs, and the dependents cancelled down the graph
+gone AS (SELECT id, status FROM fin UNION ALL SELECT id, 'cancelled' FROM doomed),
 edges AS MATERIALIZED (
-    SELECT d.job_id, d.depends_on, g.ok FROM job_deps d JOIN gone g ON d.depends_on = g.id
+    SELECT d.job_id, d.depends_on, g.status FROM job_deps d JOIN gone g ON d.depends_on = g.id
     WHERE d.state = 'pending' ORDER BY d.depends_on, d.job_id FOR NO KEY UPDATE OF d
 ),
 e AS (
-    UPDATE job_deps d SET state = CASE WHEN x.ok THEN 'ok' ELSE 'failed' END
+    UPDATE job_deps d SET state = CASE WHEN x.status = 'completed' THEN 'ok' ELSE 'failed' END
     FROM edges x WHERE d.job_id = x.job_id AND d.depends_on = x.depends_on AND d.state = 'pending'
-    RETURNING d.job_id
+    RETURNING d.job_id, d.depends_on, x.status
 ),
-a AS (SELECT job_id, count(*) AS n FROM e GROUP BY job_id),
+-- per dependent: the edges resolved here, and the first that failed (its cause, under `fail`)
+a AS (
+    SELECT job_id, count(*) AS n, min(depends_on) FILTER (WHERE status <> 'completed') AS cause,
+           (array_agg(status ORDER BY depends_on) FILTER (WHERE status <> 'completed'))[1] AS cause_status
+    FROM e GROUP BY job_id
+),
 dependents AS MATERIALIZED (
-    SELECT j.id FROM jobs j WHERE j.id IN (SELECT job_id FROM a) AND j.status = 'waiting' ORDER BY j.id
-    FOR NO KEY UPDATE
+    SELECT j.id, a.n, CASE WHEN j.on_dependency_failure = 'fail' THEN a.cause END AS cause, a.cause_status
+    FROM a JOIN jobs j ON j.id = a.job_id WHERE j.status = 'waiting' ORDER BY j.id FOR NO KEY UPDATE OF j
 ),
 moved AS (
     UPDATE jobs j SET
-        pending_deps = GREATEST(j.pending_deps - a.n, 0),
-        status = CASE WHEN c.id IS NOT NULL THEN 'cancelled'
-                      WHEN j.pending_deps - a.n > 0 THEN 'waiting'
+        pending_deps = GREATEST(j.pending_deps - l.n, 0),
+        status = CASE WHEN l.cause IS NOT NULL THEN 'cancelled'
+                      WHEN j.pending_deps - l.n > 0 THEN 'waiting'
                       WHEN j.run_at > $3::timestamptz THEN 'scheduled' ELSE 'pending' END,
-        error = CASE WHEN c.id IS NOT NULL
-                     THEN 'dependency ' || c.cause || ' ' || CASE WHEN c.cause_status = 'failed' THEN 'failed'
+        error = CASE WHEN l.cause IS NOT NULL
+                     THEN 'dependency ' || l.cause || ' ' || CASE WHEN l.cause_status = 'failed' THEN 'failed'
                                                                   ELSE 'was cancelled' END
                      ELSE j.error END,
-        finished_at = CASE WHEN c.id IS NOT NULL THEN $3::timestamptz ELSE j.finished_at END,
-        run_at = CASE WHEN c.id IS NOT NULL OR j.pending_deps - a.n <= 0 THEN GREATEST(j.run_at, $3::timestamptz)
+        finished_at = CASE WHEN l.cause IS NOT NULL THEN $3::timestamptz ELSE j.finished_at END,
+        run_at = CASE WHEN l.cause IS NOT NULL OR j.pending_deps - l.n <= 0 THEN GREATEST(j.run_at, $3::timestamptz)
                       ELSE j.run_at END
-    FROM a JOIN dependents l ON l.id = a.job_id LEFT JOIN cause c ON c.id = a.job_id
-    WHERE j.id = a.job_id AND j.status = 'waiting'
+    FROM dependents l
+    WHERE j.id = l.id AND j.status = 'waiting'
     RETURNING j.id, j.queue, j.priority, j.status, j.created_at, j.run_at, j.lease_expires_at, j.limiter,
               j.has_dependents, j.error
 )
