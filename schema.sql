@@ -10,7 +10,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     type             text        NOT NULL,
     payload          jsonb       NOT NULL DEFAULT '{}'::jsonb,
     status           text        NOT NULL DEFAULT 'pending'
-                     CHECK (status IN ('pending', 'scheduled', 'processing', 'completed', 'failed', 'cancelled')),
+                     CONSTRAINT jobs_status_check
+                     CHECK (status IN ('waiting', 'pending', 'scheduled', 'processing', 'completed', 'failed', 'cancelled')),
     priority         smallint    NOT NULL DEFAULT 5 CHECK (priority BETWEEN 0 AND 9),
     attempts         integer     NOT NULL DEFAULT 0 CHECK (attempts >= 0),
     max_attempts     integer     NOT NULL DEFAULT 3 CHECK (max_attempts BETWEEN 1 AND 100),
@@ -38,7 +39,13 @@ CREATE TABLE IF NOT EXISTS jobs (
     -- attempt's start (started_at keeps the first), from which reconcile rebuilds rates (0004)
     group_key        text,
     limiter          text,
-    last_started_at  timestamptz
+    last_started_at  timestamptz,
+    -- dependencies (0005): unfinished dependencies of a `waiting` job, whether edges point at this
+    -- job (the statement recording its outcome then resolves them), and the policy when one fails
+    -- (NULL: the job has no dependencies)
+    pending_deps     integer     NOT NULL DEFAULT 0,
+    has_dependents   boolean     NOT NULL DEFAULT false,
+    on_dependency_failure text   CHECK (on_dependency_failure IN ('fail', 'ignore', 'continue'))
 );
 
 -- idempotency: a key is unique per queue
@@ -111,3 +118,17 @@ CREATE UNIQUE INDEX IF NOT EXISTS jobs_schedule_tick ON jobs (schedule_id, sched
 CREATE INDEX IF NOT EXISTS jobs_by_schedule ON jobs (schedule_id, id DESC) WHERE schedule_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_schedule_unfinished ON jobs (schedule_id)
     WHERE schedule_id IS NOT NULL AND status IN ('pending', 'scheduled', 'processing');
+
+-- dependencies (0005): one row per edge, "job_id waits for depends_on"; state is the dependency's
+-- outcome as recorded on the edge ('pending' until it ends, 'ok' completed, 'failed' failed or
+-- cancelled)
+CREATE TABLE IF NOT EXISTS job_deps (
+    job_id     bigint NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    depends_on bigint NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    state      text   NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'ok', 'failed')),
+    PRIMARY KEY (job_id, depends_on)
+);
+-- a job's dependents (the view, resolving edges, retention's guard)
+CREATE INDEX IF NOT EXISTS job_deps_upstream ON job_deps (depends_on);
+-- reconcile's liveness net over waiting jobs
+CREATE INDEX IF NOT EXISTS jobs_waiting ON jobs (id) WHERE status = 'waiting';

@@ -12,8 +12,10 @@ from typing import Any
 
 from .broker import Broker, job_member
 from .clock import Clock, iso
+from .dependencies import Dependencies
 from .drain import DrainReport, DrainState
 from .enqueue import MAX_BATCH, Enqueuer
+from .enqueue_graph import GraphEnqueuer
 from .errors import ConfigurationError, InvalidJob, InvalidState, JobNotFound, RedisUnavailable
 from .keys import Keys
 from .models import STATUSES, JobRequest, JobView, QueueSettings
@@ -55,6 +57,8 @@ class JobQueue:
         self.dispatch = DrainState(registry.queues, registry.type_limits())
         self.enqueuer = Enqueuer(store, self.broker, registry, self.settings, self.clock, self.dispatch)
         self.schedules = Schedules(store, self.broker, registry, self.settings, self.clock, self.dispatch)
+        self.deps = Dependencies(store, self.clock, self.enqueuer.dispatch)
+        self.graph_enqueuer = GraphEnqueuer(self.enqueuer, self.deps)
         # Awaited after every drain with (engine, report): housekeeping, alerts. See drain/loop.py.
         self.drain_hooks: list[Callable[[JobQueue, DrainReport], Awaitable[None]]] = []
 
@@ -132,9 +136,29 @@ class JobQueue:
         prepared = [self.enqueuer.prepare(r, None if single else i) for i, r in enumerate(reqs)]
         if not prepared:
             return []
+        if any("depends_on" in p for p in prepared):
+            if session is not None or connection is not None:
+                raise InvalidJob(
+                    "depends_on is not available inside an application's transaction (connection=, session=)",
+                    field="depends_on",
+                )
+            return await self.graph_enqueuer.insert(prepared, single=single)
         if session is not None:
             return await self.enqueuer.enqueue_in_session(session, prepared)
         return await self.enqueuer.insert(prepared, on=connection)
+
+    async def flow(
+        self, parent: JobRequest | dict[str, Any], children: Sequence[JobRequest | dict[str, Any]]
+    ) -> tuple[Row, list[Row]]:
+        """A parent that runs when all its children are done (BullMQ's FlowProducer, expressed as
+        dependencies): one all-or-nothing batch, the children first and the parent depending on
+        each of them (and on whatever its own `depends_on` names). Returns (parent, children)."""
+        if not 1 <= len(children) < MAX_BATCH:
+            raise InvalidJob(f"a flow has 1 to {MAX_BATCH - 1} children, got {len(children)}", field="children")
+        top = parent.model_dump(exclude_none=True) if isinstance(parent, JobRequest) else dict(parent)
+        top["depends_on"] = [*(top.get("depends_on") or ()), *({"index": i} for i in range(len(children)))]
+        rows = await self.enqueue_many([*children, top])
+        return rows[-1][0], [r for r, _ in rows[:-1]]
 
     def transaction(self, connection: Any) -> Any:
         """`async with jq.transaction(conn):` a transaction on the application's asyncpg
@@ -147,6 +171,13 @@ class JobQueue:
         row = await self.store.fetchrow("get_job", check_id(job_id))
         if row is None:
             raise JobNotFound(f"job {job_id} not found")
+        return row
+
+    async def get_with_graph(self, job_id: int) -> Row:
+        """The job with the jobs it depends on and its dependents (`depends_on`, `dependents`:
+        id, type, status), as its view and the dashboard show them."""
+        row = await self.get(job_id)
+        row["depends_on"], row["dependents"] = await self.deps.graph(row["id"])
         return row
 
     async def list_jobs(
@@ -233,7 +264,13 @@ class JobQueue:
         row = await self.store.fetchrow("cancel", check_id(job_id), self.clock.now())
         if row is None:
             current = await self.get(job_id)
-            raise InvalidState(f"job {job_id} is {current['status']}; only pending or scheduled jobs can be cancelled")
+            raise InvalidState(
+                f"job {job_id} is {current['status']}; only waiting, pending or scheduled jobs can be cancelled"
+            )
+        # Its dependents under the `fail` policy are cancelled too, down the graph; the others
+        # count it as finished. Always looked at: a dependent inserted while this committed
+        # would not be in the row's has_dependents (resolve's fresh snapshot sees it).
+        await self.deps.release([row["id"]])
         # A cancelled id left in Redis is dropped when popped; a delayed one would sit in its
         # sorted set until its due time, so remove it now (best effort: the claim still drops it).
         with contextlib.suppress(RedisUnavailable):

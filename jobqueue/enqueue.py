@@ -105,7 +105,7 @@ class Enqueuer:
             "group_key": group,
             "limiter": limiter_suffix(type_tag(jt.name) if jt.limited else "", group),
         }
-        return {
+        prepared: dict[str, Any] = {
             **columns,
             "columns": columns,
             "payload": req.payload,
@@ -113,6 +113,11 @@ class Enqueuer:
             "run_at": run_at,
             "created_at": now,
         }
+        if req.depends_on:
+            # Outside `columns`: a job without dependencies takes insert_jobs, unchanged.
+            prepared["depends_on"] = req.depends_on
+            prepared["policy"] = req.on_dependency_failure or "fail"
+        return prepared
 
     async def insert(self, jobs: list[dict[str, Any]], *, on: Any = None, again: bool = True) -> list[tuple[Row, bool]]:
         """Insert prepared jobs (one statement) and index the new ones in Redis (one request).

@@ -55,7 +55,7 @@ if TYPE_CHECKING:
     from .engine import JobQueue
     from .store import Row
 
-STATES = ("pending", "scheduled", "processing", "failed", "cancelled")
+STATES = ("waiting", "pending", "scheduled", "processing", "failed", "cancelled")
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MINUTES = 60
 

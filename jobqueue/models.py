@@ -23,8 +23,8 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, InitErrorDetails, PydanticCustomError, ValidationError
 
-Status = Literal["pending", "scheduled", "processing", "completed", "failed", "cancelled"]
-STATUSES: tuple[str, ...] = ("pending", "scheduled", "processing", "completed", "failed", "cancelled")
+Status = Literal["waiting", "pending", "scheduled", "processing", "completed", "failed", "cancelled"]
+STATUSES: tuple[str, ...] = ("waiting", "pending", "scheduled", "processing", "completed", "failed", "cancelled")
 TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 
 QUEUE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}")
@@ -75,6 +75,28 @@ class Backoff(BaseModel):
     jitter: float = Field(default=0.0, ge=0.0, le=1.0)
 
 
+MAX_DEPENDENCIES = 10_000  # per job: a fan-in of 10,000 children (bench/flows.py) in one request
+
+
+class BatchRef(BaseModel):
+    """`{"index": N}` in a batch's `depends_on`: the batch's N-th job (from 0)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    index: int = Field(ge=0, lt=1000)
+
+
+JobRef = Annotated[int, Field(ge=1, le=2**63 - 1)] | BatchRef
+
+
+class DependencyView(BaseModel):
+    """A job on either side of a dependency, as the view lists it."""
+
+    id: int
+    status: Status
+    type: str | None = None
+
+
 class JobRequest(BaseModel):
     """One job to enqueue (the body of POST /api/jobs)."""
 
@@ -100,6 +122,17 @@ class JobRequest(BaseModel):
         min_length=1,
         max_length=200,
         description="a tenant, a destination: the queue's and the type's group limits apply per group",
+    )
+    depends_on: list[JobRef] | None = Field(
+        default=None,
+        max_length=MAX_DEPENDENCIES,
+        description='jobs that must finish first (ids; in a batch also {"index": N}, the batch\'s N-th job): '
+        "until then the job is `waiting`",
+    )
+    on_dependency_failure: Literal["fail", "ignore", "continue"] | None = Field(
+        default=None,
+        description="when a dependency fails or is cancelled: `fail` (the default: this job is cancelled too), "
+        "`ignore` (run anyway) or `continue` (run, and the handler sees the failure in ctx.dependencies())",
     )
 
     # A field validator rather than a model-level one, so a 422 names `run_at` (delay_ms is
@@ -193,6 +226,11 @@ class JobView(BaseModel):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     group: str | None = Field(default=None, description="its flow-control group")
+    depends_on: list[DependencyView] = Field(default_factory=list, description="the jobs it waits for")
+    dependents: list[DependencyView] = Field(default_factory=list, description="the jobs that wait for it")
+    on_dependency_failure: Literal["fail", "ignore", "continue"] | None = Field(
+        default=None, description="its policy when a dependency fails (null: it has no dependencies)"
+    )
     schedule_id: str | None = Field(default=None, description="the schedule that made it")
     scheduled_for: datetime | None = Field(default=None, description="the schedule's tick it stands for")
 
@@ -200,6 +238,8 @@ class JobView(BaseModel):
     def from_row(cls, row: dict[str, Any]) -> JobView:
         data = {k: row.get(k) for k in cls.model_fields}
         data["group"] = row.get("group_key")
+        data["depends_on"] = row.get("depends_on") or []
+        data["dependents"] = row.get("dependents") or []
         if row.get("status") in TERMINAL:
             data["run_at"] = None
         return cls.model_validate(data)

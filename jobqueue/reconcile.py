@@ -12,6 +12,10 @@
 A duplicate entry is harmless (the claim grants each job once), so a race between two reconciles
 costs a wasted pop, never a double run.
 
+- waiting (jobs that wait for dependencies, never in Redis): resolve the edges of dependencies
+  that ended and release the waiting jobs left with none pending (dependencies.py), on every
+  reconcile, full or periodic.
+
 - sweep (jobs enqueued inside an application's transaction, `dispatched = false` until pushed):
   index the committed ones nobody pushed, because the process died between the application's
   commit and the push, or the application committed a transaction it managed itself. Claims ask
@@ -27,6 +31,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from .clock import to_ms
+from .dependencies import reconcile_waiting
 from .models import QueueSettings
 
 if TYPE_CHECKING:
@@ -56,6 +61,9 @@ async def reconcile(
         else:
             restored = await _periodic(store, broker, state, clock, FRESH_S if fresh_s is None else fresh_s)
             restored += await sweep(store, broker, state)
+        # Waiting jobs are never in Redis, so nothing above restores them; this releases (or
+        # cancels) the ones whose dependencies have all ended, should their release have been lost.
+        restored += await reconcile_waiting(store, clock, broker.push)
     finally:
         await broker.unlock(broker.keys.reconcile_lock, owner)
     if restored:

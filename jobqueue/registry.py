@@ -40,10 +40,20 @@ class JobContext:
     deadline: float  # loop.time() by which the handler is cancelled
     enqueue: Callable[[JobRequest], Awaitable[Any]]
     settings: Any = None
+    # Reads the dependencies of a job by id (one statement, when the handler asks).
+    dependencies_of: Callable[[int], Awaitable[list[dict[str, Any]]]] | None = None
 
     @property
     def is_last_attempt(self) -> bool:
         return self.attempt >= self.max_attempts
+
+    async def dependencies(self) -> list[dict[str, Any]]:
+        """The jobs this one depends on (`depends_on`), in id order: each a dict with `id`,
+        `type`, `status`, `result` and `error`. Under `on_dependency_failure="continue"` the
+        failed or cancelled ones are here with their error; a job without dependencies gets []."""
+        if self.dependencies_of is None:
+            return []
+        return await self.dependencies_of(self.job_id)
 
 
 Handler = Callable[[Any, JobContext], Awaitable[Any]]

@@ -50,3 +50,6 @@ class Job(SQLModel, table=True):
     group_key: str | None = SQLField(default=None, sa_column=Column(Text, nullable=True))
     limiter: str | None = SQLField(default=None, sa_column=Column(Text, nullable=True))
     last_started_at: datetime | None = SQLField(default=None, sa_column=Column(TIMESTAMP(timezone=True)))
+    pending_deps: int = SQLField(default=0, nullable=False)
+    has_dependents: bool = SQLField(default=False, sa_column=Column(Boolean, nullable=False))
+    on_dependency_failure: str | None = SQLField(default=None, sa_column=Column(Text, nullable=True))

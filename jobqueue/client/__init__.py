@@ -10,7 +10,7 @@
             print(failed.id, failed.error)
 
 The two clients have the same methods (the async ones are coroutines) and cover the whole API:
-jobs (`enqueue`, `enqueue_many`, `get`, `list_jobs`, `iter_jobs`, `cancel`, `retry`, `wait`),
+jobs (`enqueue`, `enqueue_many`, `flow`, `get`, `list_jobs`, `iter_jobs`, `cancel`, `retry`, `wait`),
 the dead-letter queue (`list_dlq`, `iter_dlq`, `replay_dlq`, `purge_dlq`), queues
 (`list_queues`, `set_queue`, `pause_queue`, `resume_queue`), `metrics`, `metrics_text` and
 `health`. They answer typed models (`Job`, `JobPage`, `QueueInfo`, ... in

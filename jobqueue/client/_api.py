@@ -307,7 +307,7 @@ def enqueue(
     timeout_ms: int | None = None,
     idempotency_key: str | None = None,
     group: str | None = None,
-    depends_on: Sequence[int] | None = None,
+    depends_on: Sequence[int | Mapping[str, int]] | None = None,
     on_dependency_failure: Literal["fail", "ignore", "continue"] | None = None,
     callback_url: str | None = None,
 ) -> Call[Job]:
@@ -335,6 +335,18 @@ def enqueue_many(jobs: Sequence[JobSpec | Mapping[str, Any]]) -> Call[list[Job]]
     """Enqueue up to 1000 jobs at once (`POST /api/jobs/batch`), all or nothing: a 422 names the
     first bad one (`jobs.N`). Each job is a mapping with `type`, `payload` and `enqueue()`'s options."""
     return Call("POST", "/api/jobs/batch", _jobs, body={"jobs": [_batch_item(i, j) for i, j in enumerate(jobs)]})
+
+
+def flow(parent: JobSpec | Mapping[str, Any], children: Sequence[JobSpec | Mapping[str, Any]]) -> Call[list[Job]]:
+    """A parent that runs when all its children are done (BullMQ's flow, as dependencies): one
+    all-or-nothing batch, children first, the parent last with `depends_on` on each of them (and
+    on whatever its own `depends_on` names). The parent reads their results with
+    `ctx.dependencies()`. Answers the children, then the parent."""
+    if not 1 <= len(children) < 1000:
+        raise ValueError("a flow has 1 to 999 children (one batch)")
+    top = dict(parent)
+    top["depends_on"] = [*top.get("depends_on", ()), *({"index": i} for i in range(len(children)))]
+    return enqueue_many([*children, top])
 
 
 def get(job_id: int, *, wait_s: int | None = None) -> Call[Job]:

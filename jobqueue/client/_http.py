@@ -133,6 +133,7 @@ class Client:
 
     enqueue = _sync(_api.enqueue)
     enqueue_many = _sync(_api.enqueue_many)
+    flow = _sync(_api.flow)
     get = _sync(_api.get)
     list_jobs = _sync(_api.list_jobs)
     iter_jobs = _sync_pages(_api.list_jobs, "iter_jobs")
@@ -253,6 +254,7 @@ class AsyncClient:
 
     enqueue = _async(_api.enqueue)
     enqueue_many = _async(_api.enqueue_many)
+    flow = _async(_api.flow)
     get = _async(_api.get)
     list_jobs = _async(_api.list_jobs)
     iter_jobs = _async_pages(_api.list_jobs, "iter_jobs")

@@ -13,11 +13,13 @@ not at import.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+# The statuses a job may have today (`Job.status` stays a str: a newer server may add one).
+JobStatus = Literal["waiting", "pending", "scheduled", "processing", "completed", "failed", "cancelled"]
 
 
 class Model(BaseModel):
@@ -74,8 +76,9 @@ class Job(Model):
     finished_at: datetime | None = None
     # DESIGN.md section 8; absent from servers that predate them.
     group: str | None = None
+    # `{"id", "status", "type"}` per job on either side (GET /api/jobs/{id}); ids from older servers
     depends_on: list[Any] = []
-    dependents: list[int] = []
+    dependents: list[Any] = []
     on_dependency_failure: str | None = None
     callback_url: str | None = None
     schedule_id: str | None = None
@@ -86,6 +89,16 @@ class Job(Model):
     def terminal(self) -> bool:
         """completed, failed or cancelled: the job will not run again unless retried."""
         return self.status in TERMINAL
+
+    @property
+    def dependency_ids(self) -> list[int]:
+        """The ids of the jobs it waits for (`depends_on`)."""
+        return [int(d["id"]) if isinstance(d, dict) else int(d) for d in self.depends_on]
+
+    @property
+    def dependent_ids(self) -> list[int]:
+        """The ids of the jobs that wait for it (`dependents`)."""
+        return [int(d["id"]) if isinstance(d, dict) else int(d) for d in self.dependents]
 
 
 class JobPage(Model):

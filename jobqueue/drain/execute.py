@@ -39,11 +39,13 @@ class Executor:
         clock: Clock,
         settings: Any,
         enqueue: Callable[[Any], Awaitable[Any]],
+        dependencies: Callable[[int], Awaitable[list[dict[str, Any]]]] | None = None,
     ) -> None:
         self.registry = registry
         self.clock = clock
         self.settings = settings
         self.enqueue = enqueue
+        self.dependencies = dependencies
 
     async def run(self, row: dict[str, Any], token: str, timeout_s: float) -> Outcome:
         loop = asyncio.get_running_loop()
@@ -60,6 +62,7 @@ class Executor:
                 deadline=loop.time() + timeout_s,
                 enqueue=self.enqueue,
                 settings=self.settings,
+                dependencies_of=self.dependencies,
             )
             # asyncio.timeout, not wait_for: wait_for wraps every job in one more task.
             async with asyncio.timeout(timeout_s):

@@ -90,7 +90,8 @@ class Drain:
         self.queue_cap = max(1, math.ceil(s.concurrency * s.queue_share))
         self.unclaimed = max_jobs  # jobs this drain may still claim (None: no cap)
         self.report = DrainReport()
-        self.executor = Executor(jq.registry, jq.clock, s, jq.enqueue_from_handler)
+        self.executor = Executor(jq.registry, jq.clock, s, jq.enqueue_from_handler, jq.deps.of)
+        self.release_dependents = jq.deps.release
         self.leases = Leases(
             jq.store, jq.broker, jq.clock, self.report, grace_ms=s.lease_grace_ms, heartbeat_ms=s.heartbeat_ms
         )
@@ -126,6 +127,7 @@ class Drain:
             self.report,
             members=self.members.get,
             on_recorded=self._recorded,
+            on_finished=self.release_dependents,
             group_max=self.batch,
             linger_s=self.settings.record_linger_ms / 1000,
             give_up_at=self.deadline + min(2.0, self.settings.budget_margin_s / 2),
@@ -140,14 +142,17 @@ class Drain:
         watch = asyncio.create_task(self._watch_stop()) if self.stop is not None else None
         failure: Exception | None = None
         try:
-            try:
-                await self._claim_loop()
-            except Exception as e:
-                # Redis or Postgres failed a claim or a grant: what already runs is finished and
-                # recorded before the failure is reported (its jobs have nothing to do with it).
-                failure = e
-            while self.tasks and self._fatal is None:
-                await asyncio.wait(set(self.tasks), return_when=asyncio.FIRST_EXCEPTION)
+            while True:
+                try:
+                    await self._claim_loop()
+                except Exception as e:
+                    # Redis or Postgres failed a claim or a grant: what already runs is finished and
+                    # recorded before the failure is reported (its jobs have nothing to do with it).
+                    failure = e
+                while self.tasks and self._fatal is None:
+                    await asyncio.wait(set(self.tasks), return_when=asyncio.FIRST_EXCEPTION)
+                if failure is not None or self._fatal is not None or not await self._released_more():
+                    break
             if self._fatal is not None:
                 raise self._fatal
             await self.recorder.close()
@@ -169,6 +174,18 @@ class Drain:
         if self.recorder.error is not None:
             raise self.recorder.error
         return self.report
+
+    async def _released_more(self) -> bool:
+        """Outcomes recorded after the claimer went idle released dependents (a flow's parent):
+        run them in this drain while its budget lasts. Costs nothing when none were."""
+        assert self.recorder is not None
+        # Writing what is pending now rather than in close() costs nothing more.
+        while self.recorder.backlog and not self._stopping():
+            await self.recorder.wait_progress(self._left())
+        if not self.recorder.released or self._stopping():
+            return False
+        self.recorder.released = 0
+        return True
 
     async def _watch_stop(self) -> None:
         assert self.stop is not None
@@ -327,6 +344,7 @@ class Drain:
         ack = Ack(self.keys)
         to_run: list[dict[str, Any]] = []
         answered: set[int] = set()
+        dead: list[int] = []
         for r in rows:
             jid = r["id"]
             answered.add(jid)
@@ -336,6 +354,7 @@ class Drain:
                 continue
             self._free_slot(queue)
             if r["kind"] == "dead":
+                dead.append(jid)
                 ack.done(queue, member, token)
                 self.report.failed += 1
                 self.report.recovered += 1
@@ -356,6 +375,13 @@ class Drain:
         if ack:
             assert self.recorder is not None
             self.recorder.add_ack(ack)
+        if dead:
+            # Lost on their last attempt: failed by the grant itself, so their dependents are
+            # resolved here (rare; reconcile is the net should this fail).
+            try:
+                self.recorder.released += await self.release_dependents(dead)  # type: ignore[union-attr]
+            except Exception as e:
+                log.warning("resolving the dependents of %d lost job(s) failed: %s", len(dead), e)
         # Start in pop order (priority, then FIFO); Postgres returns the rows in no particular order.
         order = {jid: i for i, jid in enumerate(claimed.members)}
         to_run.sort(key=lambda r: order[r["id"]])

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from ..broker import Ack, Broker
 from ..clock import Clock, iso, to_ms
@@ -45,6 +45,7 @@ class Recorder:
         *,
         members: Callable[[int], tuple[str, str] | None],
         on_recorded: Callable[[int], None],
+        on_finished: Callable[[list[int]], Awaitable[int]] | None = None,
         group_max: int,
         linger_s: float,
         give_up_at: float,
@@ -56,6 +57,10 @@ class Recorder:
         self.report = report
         self._member = members  # job id -> (queue, member), for the acknowledgement
         self._on_recorded = on_recorded
+        # Resolves the dependents of jobs that ended (dependencies.py): one statement, only for a
+        # group in which a finished job has dependents; answers how many became runnable.
+        self._on_finished = on_finished
+        self.released = 0
         self.group_max = group_max
         self.linger_s = linger_s
         self.give_up_at = give_up_at
@@ -124,9 +129,11 @@ class Recorder:
                 return
 
     async def _flush(self, group: list[Outcome], ack: Ack) -> None:
+        written: list[dict[str, object]] = []
         if group:
             try:
-                holders = {r["id"] for r in await self._write_retrying(group)}
+                written = await self._write_retrying(group)
+                holders = {r["id"] for r in written}
             except PostgresUnavailable as e:
                 # Left to their leases: they come back when those run out, and run again.
                 log.error("recording %d outcome(s) failed, Postgres is unavailable: %s", len(group), e.message)
@@ -165,6 +172,18 @@ class Recorder:
                 await self.broker.ack(ack, self.clock.ms())
             except Exception as e:  # the outcomes are written; a later claim drops the stale leases
                 log.warning("acknowledging outcomes in Redis failed: %s", e)
+        if group:
+            await self._resolve_dependents(group, written)
+
+    async def _resolve_dependents(self, group: list[Outcome], written: list[dict[str, object]]) -> None:
+        ended = {o.row["id"] for o in group if o.status in ("completed", "failed")}
+        ids = [int(str(r["id"])) for r in written if r.get("has_dependents") and r["id"] in ended]
+        if not ids or self._on_finished is None:
+            return
+        try:
+            self.released += await self._on_finished(ids)
+        except Exception as e:  # the outcomes are written; reconcile resolves the edges
+            log.warning("resolving the dependents of %d job(s) failed: %s", len(ids), e)
 
     async def _write_retrying(self, group: list[Outcome]) -> list[dict[str, object]]:
         loop = asyncio.get_running_loop()

@@ -99,7 +99,9 @@ WITH cand AS (
     WHERE id = ANY($1::bigint[])
       AND (status IN ('pending', 'scheduled') OR (status = 'processing' AND lease_expires_at <= $2::timestamptz))
     ORDER BY id
-    FOR UPDATE SKIP LOCKED
+    -- NO KEY UPDATE (the claim changes no key): an edge of job_deps being inserted holds a KEY
+    -- SHARE lock on the job it depends on, which must not make the claim skip (and drop) it.
+    FOR NO KEY UPDATE SKIP LOCKED
 ),
 held AS (
     SELECT id, lease_token, lease_expires_at FROM jobs
@@ -192,12 +194,16 @@ UPDATE jobs j SET
               END
 FROM o
 WHERE j.id = o.id AND j.status = 'processing' AND j.lease_token = o.token
-RETURNING j.id;
+-- has_dependents: edges to resolve (resolve_dependencies) once this is committed; the flag is read
+-- from the row as updated, the EXISTS covers edges committed before this statement began.
+RETURNING j.id, (j.has_dependents OR EXISTS (SELECT 1 FROM job_deps d WHERE d.depends_on = j.id AND d.state = 'pending'))
+          AS has_dependents;
 
 -- name: cancel
--- Cancel a job that has not started; a cancelled job's id may stay in Redis: the claim drops it.
+-- Cancel a job that has not started (a waiting one too); a cancelled job's id may stay in Redis:
+-- the claim drops it.
 UPDATE jobs SET status = 'cancelled', finished_at = $2::timestamptz, run_at = $2::timestamptz
-WHERE id = $1 AND status IN ('pending', 'scheduled')
+WHERE id = $1 AND status IN ('pending', 'scheduled', 'waiting')
 RETURNING *;
 
 -- name: rerun
@@ -219,28 +225,41 @@ ORDER BY id LIMIT $4;
 -- name: purge_failed
 -- Delete a bounded chunk of dead-lettered jobs that finished before the cutoff.
 DELETE FROM jobs WHERE id IN (
-    SELECT id FROM jobs WHERE status = 'failed' AND finished_at < $1 ORDER BY finished_at LIMIT $2
+    SELECT id FROM jobs WHERE status = 'failed' AND finished_at < $1
+      AND NOT EXISTS (SELECT 1 FROM job_deps d JOIN jobs w ON w.id = d.job_id
+                      WHERE d.depends_on = jobs.id AND w.status IN ('waiting', 'pending', 'scheduled', 'processing'))
+    ORDER BY finished_at LIMIT $2
 ) RETURNING id;
 
 -- name: retention
 -- Delete a bounded chunk ($4) of finished jobs of one status older than the cutoff, outside the
--- queues that have an age rule of their own ($3) (housekeeping).
+-- queues that have an age rule of their own ($3) (housekeeping). Like every retention rule, it
+-- keeps a finished job that an unfinished one depends on (its result is that job's input).
 DELETE FROM jobs WHERE id IN (
     SELECT id FROM jobs WHERE finished_at < $2 AND status = $1 AND queue <> ALL($3::text[])
+      AND NOT EXISTS (SELECT 1 FROM job_deps d JOIN jobs w ON w.id = d.job_id
+                      WHERE d.depends_on = jobs.id AND w.status IN ('waiting', 'pending', 'scheduled', 'processing'))
     ORDER BY finished_at LIMIT $4
 ) RETURNING id;
 
 -- name: retention_queue_age
 -- A queue's own age rule: a bounded chunk ($4) of its finished jobs of one status older than $3.
 DELETE FROM jobs WHERE id IN (
-    SELECT id FROM jobs WHERE finished_at < $3 AND status = $2 AND queue = $1 ORDER BY finished_at LIMIT $4
+    SELECT id FROM jobs WHERE finished_at < $3 AND status = $2 AND queue = $1
+      AND NOT EXISTS (SELECT 1 FROM job_deps d JOIN jobs w ON w.id = d.job_id
+                      WHERE d.depends_on = jobs.id AND w.status IN ('waiting', 'pending', 'scheduled', 'processing'))
+    ORDER BY finished_at LIMIT $4
 ) RETURNING id;
 
 -- name: retention_queue_count
 -- A queue's count rule: keep its newest $3 finished jobs of one status (by id), delete a bounded
 -- chunk ($4) of the rest.
 DELETE FROM jobs WHERE id IN (
-    SELECT id FROM jobs WHERE queue = $1 AND status = $2 ORDER BY id DESC OFFSET $3 LIMIT $4
+    SELECT id FROM jobs WHERE queue = $1 AND status = $2 AND id NOT IN (
+        SELECT id FROM jobs WHERE queue = $1 AND status = $2 ORDER BY id DESC LIMIT $3)
+      AND NOT EXISTS (SELECT 1 FROM job_deps d JOIN jobs w ON w.id = d.job_id
+                      WHERE d.depends_on = jobs.id AND w.status IN ('waiting', 'pending', 'scheduled', 'processing'))
+    ORDER BY id DESC LIMIT $4
 ) RETURNING id;
 
 -- name: dispatch_jobs
@@ -303,7 +322,8 @@ FROM jobs WHERE last_started_at > $1 AND queue = ANY($2::text[])
 GROUP BY queue, limiter;
 
 -- name: metrics_counts
--- Per queue: unfinished counts (jobs_active), failed and cancelled counts (jobs_dead), the earliest
+-- Per queue: unfinished counts (jobs_active; waiting ones through jobs_waiting), failed and
+-- cancelled counts (jobs_dead), the earliest
 -- run_at among pending and scheduled jobs (jobs_due, one probe per queue: kind 'due') and the queues
 -- table's rows that are paused or have settings (kind 'queue': n is the pause flag as 0/1).
 -- Index-only scans over those partial indexes; completed rows are never read.
@@ -313,6 +333,8 @@ WITH c AS (
     UNION ALL
     SELECT queue, status, count(*)::bigint FROM jobs
     WHERE status IN ('failed', 'cancelled') GROUP BY queue, status
+    UNION ALL
+    SELECT queue, status, count(*)::bigint FROM jobs WHERE status = 'waiting' GROUP BY queue, status
 )
 SELECT queue, status AS kind, n, NULL::timestamptz AS next_run_at, NULL::jsonb AS settings FROM c
 UNION ALL
@@ -541,3 +563,202 @@ RETURNING *;
 -- name: schedules_due_index
 -- What the schedules' due index in Redis holds: every schedule that is not paused, by next tick.
 SELECT id, next_run_at FROM schedules WHERE NOT paused;
+
+-- name: insert_dependent_jobs
+-- Insert a batch in which jobs depend on others (insert_jobs is the path of jobs without any),
+-- all or nothing, in one statement: $1 the JSON array of insert_jobs, each job also with
+-- `policy` (on_dependency_failure, null for a job without dependencies) and `upstream` (whether
+-- another job of the batch depends on it); $2-$4 the engine's defaults as in insert_jobs; the edges
+-- as three arrays: $5 the dependent's index in the batch, $6 the id it depends on (an existing
+-- job) or null, $7 the index of the batch's job it depends on, or null. When an id in $6 does not
+-- exist, nothing is inserted and the missing ids come back (kind 'missing'). No row is locked:
+-- an edge whose dependency has completed is recorded 'ok' at once, every other one 'pending'
+-- (the caller then runs resolve_dependencies for the new jobs, whose fresh snapshot closes the
+-- race with a dependency finishing meanwhile). Ids are taken in batch order before the insert, so
+-- that edges can name the batch's own jobs; per-job values travel in arrays indexed by the batch
+-- index (no join between two CTEs, which the planner, blind to their sizes, could make quadratic).
+WITH x AS (
+    SELECT * FROM jsonb_to_recordset($1::text::jsonb)
+        AS x(n int, queue text, type text, payload jsonb, status text, priority smallint, max_attempts int,
+             backoff jsonb, timeout_ms int, idempotency_key text, run_at_us bigint, created_us bigint,
+             group_key text, limiter text, policy text, upstream boolean)
+),
+e AS (SELECT * FROM unnest($5::int[], $6::bigint[], $7::int[]) AS e(n, up_id, up_n)),
+missing AS (
+    SELECT DISTINCT e.up_id AS id FROM e LEFT JOIN jobs t ON t.id = e.up_id WHERE e.up_id IS NOT NULL AND t.id IS NULL
+),
+ids AS MATERIALIZED (
+    SELECT array_agg(s.id ORDER BY s.n) AS id
+    FROM (SELECT n, nextval(pg_get_serial_sequence('jobs', 'id')) AS id
+          FROM (SELECT n FROM x WHERE NOT EXISTS (SELECT 1 FROM missing) ORDER BY n) o) s
+),
+edge AS MATERIALIZED (
+    SELECT e.n, COALESCE(e.up_id, ids.id[e.up_n + 1]) AS up,
+           CASE WHEN t.status = 'completed' THEN 'ok' ELSE 'pending' END AS state
+    FROM e CROSS JOIN ids LEFT JOIN jobs t ON t.id = e.up_id
+    WHERE ids.id IS NOT NULL
+),
+-- the count of pending edges per job, dense over the batch (every job contributes a row)
+waits AS (
+    SELECT array_agg(k ORDER BY n) AS k
+    FROM (SELECT n, count(*) FILTER (WHERE state = 'pending') AS k
+          FROM (SELECT n, state FROM edge UNION ALL SELECT n, NULL FROM x) u GROUP BY n) g
+),
+ins AS (
+    INSERT INTO jobs (id, queue, type, payload, status, priority, max_attempts, backoff, timeout_ms,
+                      idempotency_key, run_at, created_at, dispatched, group_key, limiter, pending_deps,
+                      has_dependents, on_dependency_failure)
+    OVERRIDING SYSTEM VALUE
+    SELECT ids.id[x.n + 1], x.queue, x.type, x.payload, CASE WHEN w.k[x.n + 1] > 0 THEN 'waiting' ELSE x.status END,
+           x.priority,
+           COALESCE(x.max_attempts, (q.settings #>> '{defaults,max_attempts}')::int, $2::int),
+           COALESCE(x.backoff, q.settings #> '{defaults,backoff}', $4::text::jsonb),
+           COALESCE(x.timeout_ms, (q.settings #>> '{defaults,timeout_ms}')::int, $3::int),
+           x.idempotency_key,
+           'epoch'::timestamptz + x.run_at_us * interval '1 microsecond',
+           'epoch'::timestamptz + x.created_us * interval '1 microsecond',
+           true, x.group_key, x.limiter, w.k[x.n + 1], COALESCE(x.upstream, false), x.policy
+    FROM x CROSS JOIN ids CROSS JOIN waits w LEFT JOIN queues q ON q.name = x.queue
+    WHERE ids.id IS NOT NULL
+    ORDER BY x.n
+    RETURNING id, status, pending_deps, max_attempts, timeout_ms, backoff::text AS backoff_text
+),
+edges AS (
+    INSERT INTO job_deps (job_id, depends_on, state)
+    SELECT ids.id[edge.n + 1], edge.up, edge.state FROM edge CROSS JOIN ids
+    ON CONFLICT DO NOTHING
+)
+SELECT 'job' AS kind, id, status, pending_deps, max_attempts, timeout_ms, backoff_text FROM ins
+UNION ALL
+SELECT 'missing', id, NULL, NULL, NULL, NULL, NULL FROM missing;
+
+-- name: resolve_dependencies
+-- Record finished jobs' outcomes on their dependents' edges, and move the dependents on, in one
+-- statement: $1 ids of jobs that have just ended (completed, failed or cancelled; ids that have
+-- not are ignored), $2 ids of dependents to settle (new ones: the edges they still wait on are
+-- looked at too), $3 now. An edge becomes 'ok' (its dependency completed) or 'failed'; a waiting
+-- dependent whose count of unfinished dependencies reaches zero becomes pending (scheduled while
+-- its run_at is ahead); one with a failed dependency under the `fail` policy is cancelled with
+-- an error naming it, and so on down its own fail-policy dependents (the cascade, in this same
+-- statement); under `ignore` and `continue` the failure counts as finished. Each edge changes
+-- once (`state = 'pending'` is re-checked on a concurrent update), and each dependent's count
+-- drops by the edges this statement changed, so two statements resolving the same job never
+-- count twice; edges and dependents are locked in id order, so two such statements cannot
+-- deadlock. Settling ($2) also marks the running dependencies `has_dependents` (a row lock on
+-- running rows only, which no claim wants): a completion recorded after it returns the flag and
+-- resolves the edge itself; a row locked at that moment (a completion being recorded, a
+-- heartbeat) is skipped, not waited for (which could deadlock with a group's record), and
+-- `again` says to settle once more with a fresh snapshot. A CTE is only ever joined to a table
+-- (by its index), never to another CTE: the planner cannot see their sizes, and a nested loop
+-- over two of 10,000 rows each would take seconds. Returns the jobs changed (what the push to
+-- Redis needs, whether they have dependents of their own, and the error of the cancelled).
+WITH RECURSIVE
+up AS (
+    SELECT unnest($1::bigint[]) AS id
+    UNION
+    SELECT d.depends_on FROM job_deps d WHERE d.job_id = ANY($2::bigint[]) AND d.state = 'pending'
+),
+running AS (
+    SELECT j.id FROM jobs j WHERE j.id IN (SELECT id FROM up) AND j.status = 'processing'
+      AND cardinality($2::bigint[]) > 0
+),
+held AS MATERIALIZED (
+    SELECT j.id FROM jobs j WHERE j.id IN (SELECT id FROM running) FOR NO KEY UPDATE SKIP LOCKED
+),
+marked AS (
+    UPDATE jobs j SET has_dependents = true FROM held h WHERE j.id = h.id AND j.status = 'processing'
+    RETURNING j.id
+),
+fin AS (
+    SELECT j.id, j.status FROM jobs j
+    WHERE j.id IN (SELECT id FROM up) AND j.status IN ('completed', 'failed', 'cancelled')
+),
+doomed(id) AS (
+    SELECT d.job_id FROM fin f
+    JOIN job_deps d ON d.depends_on = f.id AND d.state = 'pending'
+    JOIN jobs w ON w.id = d.job_id AND w.status = 'waiting' AND w.on_dependency_failure = 'fail'
+    WHERE f.status <> 'completed'
+    UNION
+    SELECT d.job_id FROM doomed x
+    JOIN job_deps d ON d.depends_on = x.id AND d.state = 'pending'
+    JOIN jobs w ON w.id = d.job_id AND w.status = 'waiting' AND w.on_dependency_failure = 'fail'
+),
+-- what ends here: the finished jobs, and the dependents cancelled down the graph
+gone AS (SELECT id, status FROM fin UNION ALL SELECT id, 'cancelled' FROM doomed),
+edges AS MATERIALIZED (
+    SELECT d.job_id, d.depends_on, g.status FROM job_deps d JOIN gone g ON d.depends_on = g.id
+    WHERE d.state = 'pending' ORDER BY d.depends_on, d.job_id FOR NO KEY UPDATE OF d
+),
+e AS (
+    UPDATE job_deps d SET state = CASE WHEN x.status = 'completed' THEN 'ok' ELSE 'failed' END
+    FROM edges x WHERE d.job_id = x.job_id AND d.depends_on = x.depends_on AND d.state = 'pending'
+    RETURNING d.job_id, d.depends_on, x.status
+),
+-- per dependent: the edges resolved here, and the first that failed (its cause, under `fail`)
+a AS (
+    SELECT job_id, count(*) AS n, min(depends_on) FILTER (WHERE status <> 'completed') AS cause,
+           (array_agg(status ORDER BY depends_on) FILTER (WHERE status <> 'completed'))[1] AS cause_status
+    FROM e GROUP BY job_id
+),
+dependents AS MATERIALIZED (
+    SELECT j.id, a.n, CASE WHEN j.on_dependency_failure = 'fail' THEN a.cause END AS cause, a.cause_status
+    FROM a JOIN jobs j ON j.id = a.job_id WHERE j.status = 'waiting' ORDER BY j.id FOR NO KEY UPDATE OF j
+),
+moved AS (
+    UPDATE jobs j SET
+        pending_deps = GREATEST(j.pending_deps - l.n, 0),
+        status = CASE WHEN l.cause IS NOT NULL THEN 'cancelled'
+                      WHEN j.pending_deps - l.n > 0 THEN 'waiting'
+                      WHEN j.run_at > $3::timestamptz THEN 'scheduled' ELSE 'pending' END,
+        error = CASE WHEN l.cause IS NOT NULL
+                     THEN 'dependency ' || l.cause || ' ' || CASE WHEN l.cause_status = 'failed' THEN 'failed'
+                                                                  ELSE 'was cancelled' END
+                     ELSE j.error END,
+        finished_at = CASE WHEN l.cause IS NOT NULL THEN $3::timestamptz ELSE j.finished_at END,
+        run_at = CASE WHEN l.cause IS NOT NULL OR j.pending_deps - l.n <= 0 THEN GREATEST(j.run_at, $3::timestamptz)
+                      ELSE j.run_at END
+    FROM dependents l
+    WHERE j.id = l.id AND j.status = 'waiting'
+    RETURNING j.id, j.queue, j.priority, j.status, j.created_at, j.run_at, j.lease_expires_at, j.limiter,
+              j.has_dependents, j.error
+)
+SELECT 'job' AS kind, id, queue, priority, status, created_at, run_at, lease_expires_at, limiter, has_dependents,
+       error
+FROM moved
+UNION ALL
+SELECT 'again', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+WHERE (SELECT count(*) FROM running) <> (SELECT count(*) FROM marked);
+
+-- name: job_dependencies
+-- A job's dependencies as its handler sees them (ctx.dependencies()): id, type, status, result,
+-- error, in id order.
+SELECT j.id, j.type, j.status, j.result, j.error FROM job_deps d JOIN jobs j ON j.id = d.depends_on
+WHERE d.job_id = $1 ORDER BY j.id;
+
+-- name: job_graph
+-- The graph around a job, for its view and the dashboard: its dependencies (kind 'up') and its
+-- dependents (kind 'down'), each with type and status; $2 caps each side.
+(SELECT 'up' AS kind, j.id, j.type, j.status, d.state FROM job_deps d JOIN jobs j ON j.id = d.depends_on
+ WHERE d.job_id = $1 ORDER BY j.id LIMIT $2)
+UNION ALL
+(SELECT 'down', j.id, j.type, j.status, d.state FROM job_deps d JOIN jobs j ON j.id = d.job_id
+ WHERE d.depends_on = $1 ORDER BY j.id LIMIT $2);
+
+-- name: stuck_dependencies
+-- Reconcile's liveness net: up to $1 finished jobs that waiting jobs still wait on (an outcome
+-- recorded by a drain that died before resolving its edges), for resolve_dependencies.
+SELECT DISTINCT d.depends_on AS id
+FROM jobs w JOIN job_deps d ON d.job_id = w.id AND d.state = 'pending' JOIN jobs u ON u.id = d.depends_on
+WHERE w.status = 'waiting' AND u.status IN ('completed', 'failed', 'cancelled')
+LIMIT $1;
+
+-- name: release_orphans
+-- Reconcile's liveness net: waiting jobs with no pending edge left (their dependencies were
+-- deleted, or a count drifted) become pending (scheduled while run_at is ahead). $1 now, $2 cap.
+UPDATE jobs j SET pending_deps = 0, run_at = GREATEST(j.run_at, $1::timestamptz),
+                  status = CASE WHEN j.run_at > $1::timestamptz THEN 'scheduled' ELSE 'pending' END
+WHERE j.id IN (SELECT w.id FROM jobs w WHERE w.status = 'waiting'
+               AND NOT EXISTS (SELECT 1 FROM job_deps d WHERE d.job_id = w.id AND d.state = 'pending')
+               ORDER BY w.id LIMIT $2)
+  AND j.status = 'waiting'
+RETURNING j.id, j.queue, j.priority, j.status, j.created_at, j.run_at, j.lease_expires_at, j.limiter;

@@ -299,7 +299,7 @@ def attempts_of(view: JobView) -> list[dict[str, Any]]:
 async def job_detail(
     request: Request, session: SessionDep, jq: JQ, job_id: Annotated[int, Path(ge=1, le=MAX_ID)]
 ) -> Response:
-    view = JobView.from_row(await jq.get(job_id))
+    view = JobView.from_row(await jq.get_with_graph(job_id))
     return render(
         request,
         "job.html",
@@ -307,7 +307,7 @@ async def job_detail(
         nav="jobs",
         job=view,
         history=attempts_of(view),
-        can_cancel=view.status in ("pending", "scheduled"),
+        can_cancel=view.status in ("waiting", "pending", "scheduled"),
         can_retry=view.status in ("failed", "cancelled"),
         notice=dashboard_actions.notice(request),
     )

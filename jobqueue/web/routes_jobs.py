@@ -157,7 +157,7 @@ async def list_jobs(jq: JQ, page: PageDep, status: StatusFilter = None, schedule
 
 @enqueue_router.get("/{job_id}", response_model=JobView, summary="Get a job", responses=NOT_FOUND)
 async def get_job(job_id: JobId, jq: JQ) -> JobView:
-    return JobView.from_row(await jq.get(job_id))
+    return JobView.from_row(await jq.get_with_graph(job_id))
 
 
 @router.post(

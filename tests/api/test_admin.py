@@ -20,7 +20,7 @@ from jobqueue.web.app import create_app
 
 from .conftest import APP_SETTINGS, AUTH, WORKER_AUTH, redis_keys, stored
 
-ZERO = {"pending": 0, "scheduled": 0, "processing": 0, "completed": 0, "failed": 0, "cancelled": 0}
+ZERO = {"waiting": 0, "pending": 0, "scheduled": 0, "processing": 0, "completed": 0, "failed": 0, "cancelled": 0}
 UNSET = {
     "defaults": None,
     "concurrency": None,

@@ -380,7 +380,7 @@ async def test_cancel_and_retry_confirm_first(dash: httpx.AsyncClient, jq: JobQu
     assert await statuses(jq, job) == ["cancelled"]
     assert "The job was cancelled." in (await dash.get(r.headers["location"])).text
     r = await dash.post(f"/dashboard/jobs/{job}/cancel", data={"csrf": csrf, "confirm": "yes"})
-    assert r.status_code == 409 and "only pending or scheduled jobs can be cancelled" in r.text
+    assert r.status_code == 409 and "only waiting, pending or scheduled jobs can be cancelled" in r.text
     r = await dash.post(f"/dashboard/jobs/{job}/retry", data={"csrf": csrf})
     assert r.status_code == 200 and "fresh set of 3 attempt(s)" in r.text and await statuses(jq, job) == ["cancelled"]
     r = await dash.post(f"/dashboard/jobs/{job}/retry", data={"csrf": csrf, "confirm": "yes"})

@@ -37,6 +37,9 @@ def expected_job(job_id: int, clock: FakeClock, **changes: Any) -> dict[str, Any
         "schedule_id": None,
         "scheduled_for": None,
         "group": None,
+        "depends_on": [],
+        "dependents": [],
+        "on_dependency_failure": None,
     }
     job.update(changes)
     return job
@@ -202,7 +205,7 @@ async def test_cancel_and_retry(client: httpx.AsyncClient, jq: JobQueue) -> None
     assert r.json() == {
         "error": {
             "code": "invalid_state",
-            "message": f"job {job['id']} is cancelled; only pending or scheduled jobs can be cancelled",
+            "message": f"job {job['id']} is cancelled; only waiting, pending or scheduled jobs can be cancelled",
         }
     }
 

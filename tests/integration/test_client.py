@@ -94,6 +94,33 @@ async def drain_soon(jq: JobQueue, delay_s: float = 0.3) -> int:
 # --- the async client ----------------------------------------------------------------------------
 
 
+async def test_async_client_flow_of_children_and_parent(app: FastAPI, api_jq: JobQueue) -> None:
+    async with AsyncClient(BASE, API_TOKEN, transport=httpx.ASGITransport(app=app)) as jobs:
+        flow = await jobs.enqueue_many(
+            [
+                {"type": "echo", "payload": {"child": 0}},
+                {"type": "echo", "payload": {"child": 1}},
+                {"type": "echo", "payload": {"parent": 1}, "depends_on": [{"index": 0}, {"index": 1}]},
+            ]
+        )
+        parent = flow[-1]
+        assert (parent.status, parent.on_dependency_failure) == ("waiting", "fail")
+        got = await jobs.get(parent.id)
+        assert got.dependency_ids == [flow[0].id, flow[1].id]
+        assert [d["status"] for d in got.depends_on] == ["pending", "pending"]
+        assert (await jobs.get(flow[0].id)).dependent_ids == [parent.id]
+        fl = await jobs.flow({"type": "echo", "payload": {"p": 2}}, [{"type": "echo", "payload": {"c": 9}}])
+        assert [j.status for j in fl] == ["pending", "waiting"] and fl[1].dependency_ids == []
+        assert (await jobs.get(fl[1].id)).dependency_ids == [fl[0].id]
+        after = await jobs.enqueue("echo", {}, depends_on=[parent.id], on_dependency_failure="ignore")
+        assert after.status == "waiting"
+        await api_jq.drain(5)
+        assert (await jobs.get(after.id)).status == "completed"
+        with pytest.raises(APIError) as info:
+            await jobs.enqueue("echo", {}, depends_on=[10**9])
+        assert (info.value.status_code, info.value.code) == (422, "invalid_job")
+
+
 async def test_async_client_jobs(app: FastAPI, api_jq: JobQueue) -> None:
     async with AsyncClient(BASE, API_TOKEN, transport=httpx.ASGITransport(app=app)) as jobs:
         one = await jobs.enqueue("echo", {"n": 1}, queue="emails", priority=8, idempotency_key="k1")

@@ -94,7 +94,8 @@ async def test_metrics_of_jobs_run_by_the_engine(make_jq: Any, types: None, cloc
     r2 = await jq.drain(5)
     assert (r2.completed, r2.failed) == (1, 1)
     await jq.enqueue({"type": "ok", "payload": {}})  # pending since t0 + 90 s
-    await jq.enqueue({"type": "ok", "payload": {}, "delay_ms": 3_600_000})  # scheduled, not due
+    later, _ = await jq.enqueue({"type": "ok", "payload": {}, "delay_ms": 3_600_000})  # scheduled, not due
+    await jq.enqueue({"type": "ok", "payload": {}, "depends_on": [later["id"]]})  # waiting
     cancelled, _ = await jq.enqueue({"type": "ok", "payload": {}, "delay_ms": 60_000})
     await jq.cancel(cancelled["id"])
     clock.advance(seconds=45)  # now = t0 + 135 s
@@ -103,7 +104,7 @@ async def test_metrics_of_jobs_run_by_the_engine(make_jq: Any, types: None, cloc
     assert m["generated_at"] == (t0 + timedelta(seconds=135)).isoformat().replace("+00:00", "Z")
     assert set(m["queues"]) == {"default", "mail"}
     d, mail = m["queues"]["default"], m["queues"]["mail"]
-    assert d["jobs"] == {"pending": 1, "scheduled": 1, "processing": 0, "failed": 1, "cancelled": 1}
+    assert d["jobs"] == {"waiting": 1, "pending": 1, "scheduled": 1, "processing": 0, "failed": 1, "cancelled": 1}
     assert d["ready"] == {str(p): (1 if p == 5 else 0) for p in range(9, -1, -1)}
     assert list(d["ready"]) == [str(p) for p in range(9, -1, -1)]
     # cancel removed the cancelled job's delayed entry at once
@@ -169,7 +170,7 @@ async def crafted(make_jq: Any, clock: FakeClock, database_url: str) -> JobQueue
 
 async def test_metrics_exact_for_crafted_rows(crafted: JobQueue) -> None:
     q = (await collect(crafted))["queues"]["crafted"]
-    assert q["jobs"] == {"pending": 1, "scheduled": 1, "processing": 1, "failed": 2, "cancelled": 1}
+    assert q["jobs"] == {"waiting": 0, "pending": 1, "scheduled": 1, "processing": 1, "failed": 2, "cancelled": 1}
     # run_at, not created_at: a replayed or retried job is as old as its turn, not its row
     assert q["oldest_pending_age_s"] == 90.0
     assert q["last_hour"] == {
