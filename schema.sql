@@ -38,7 +38,12 @@ CREATE TABLE IF NOT EXISTS jobs (
     -- attempt's start (started_at keeps the first), from which reconcile rebuilds rates (0004)
     group_key        text,
     limiter          text,
-    last_started_at  timestamptz
+    last_started_at  timestamptz,
+    -- the handler's last progress report, the completion callback as resolved at enqueue, and the
+    -- job whose handler (or outcome, for a callback) created this one (0006)
+    progress         jsonb,
+    callback         jsonb,
+    created_by       bigint
 );
 
 -- idempotency: a key is unique per queue

@@ -68,6 +68,16 @@ class Keys:
             *self.ready_all(queue),
         ]
 
+    def progress(self, job_id: int) -> str:
+        """STRING: a running job's last progress report, with a TTL (progress.py)."""
+        return f"{self.prefix}:progress:{job_id}"
+
+    @property
+    def done(self) -> str:
+        """ZSET of job ids that ended lately, scored by the ms they ended: the change signal that
+        waiting callers (GET /api/jobs/{id}?wait_s=) in any process poll (waiting.py)."""
+        return f"{self.prefix}:done"
+
     @property
     def queues(self) -> str:
         """SET of every queue name that has ever been enqueued to (the drain discovers queues here)."""

@@ -40,10 +40,24 @@ class JobContext:
     deadline: float  # loop.time() by which the handler is cancelled
     enqueue: Callable[[JobRequest], Awaitable[Any]]
     settings: Any = None
+    clock: Any = None
+    report_progress: Callable[[dict[str, Any]], None] | None = None
 
     @property
     def is_last_attempt(self) -> bool:
         return self.attempt >= self.max_attempts
+
+    async def progress(self, percent: float, message: str | None = None, data: Any = None) -> None:
+        """Report how far the job has got: `percent` 0-100, an optional short `message` (at most
+        500 characters) and JSON `data` (at most 4 KB). Cheap to call often: the latest value is
+        kept in memory and written to Redis at most once a second (progress.py); the last one is
+        stored with the outcome. A bad value raises InvalidProgress (a ValueError)."""
+        from .clock import Clock
+        from .progress import snapshot
+
+        value = snapshot(self.clock or Clock(), percent, message, data)
+        if self.report_progress is not None:
+            self.report_progress(value)
 
 
 Handler = Callable[[Any, JobContext], Awaitable[Any]]

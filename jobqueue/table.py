@@ -50,3 +50,6 @@ class Job(SQLModel, table=True):
     group_key: str | None = SQLField(default=None, sa_column=Column(Text, nullable=True))
     limiter: str | None = SQLField(default=None, sa_column=Column(Text, nullable=True))
     last_started_at: datetime | None = SQLField(default=None, sa_column=Column(TIMESTAMP(timezone=True)))
+    progress: dict[str, Any] | None = SQLField(default=None, sa_column=Column(JSONB, nullable=True))
+    callback: dict[str, Any] | None = SQLField(default=None, sa_column=Column(JSONB, nullable=True))
+    created_by: int | None = SQLField(default=None, sa_column=Column(BigInteger, nullable=True))

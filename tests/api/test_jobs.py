@@ -36,6 +36,9 @@ def expected_job(job_id: int, clock: FakeClock, **changes: Any) -> dict[str, Any
         "finished_at": None,
         "schedule_id": None,
         "scheduled_for": None,
+        "progress": None,
+        "callback_url": None,
+        "created_by": None,
         "group": None,
     }
     job.update(changes)

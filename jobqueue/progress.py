@@ -1,0 +1,114 @@
+"""Progress reports: `await ctx.progress(percent, message=None, data=None)` in a handler.
+
+A report costs nothing where it is made: it is checked and kept in memory (the latest value wins).
+The drain's heartbeat (drain/leases.py), which already runs every `heartbeat_ms` (1 s by default),
+writes the reports that changed since its last beat, for all of its jobs in one request: one `SET
+{prefix}:progress:{id} <json> PX <ttl>` per job that reported, at most one per job per second
+(`MIN_INTERVAL_MS`, on the engine's clock, whatever the heartbeat's interval), riding in the same
+pipeline as the lease update when there is one. Never a Postgres statement: the last report goes
+into the `finish` statement with the outcome (jobs.progress), and after that the view reads it
+from there. While the job runs, `GET /api/jobs/{id}` reads the Redis copy (one GET); the key
+expires on its own shortly after the job's lease could have (no command to delete it).
+
+A value carries the attempt it was reported in, so a retry never shows the previous attempt's
+report as its own.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from .clock import Clock, iso
+from .errors import InvalidProgress
+from .validation import NUL_ESCAPE
+
+MIN_INTERVAL_MS = 1000  # at most one write per job per this
+MAX_MESSAGE_CHARS = 500
+MAX_DATA_BYTES = 4096  # `data` encoded as JSON
+
+
+def snapshot(clock: Clock, percent: Any, message: Any = None, data: Any = None) -> dict[str, Any]:
+    """A checked report, as the view shows it; InvalidProgress says what is wrong."""
+    if isinstance(percent, bool) or not isinstance(percent, int | float):
+        raise InvalidProgress(f"progress percent must be a number from 0 to 100, not {type(percent).__name__}")
+    if not math.isfinite(percent) or not 0 <= percent <= 100:
+        raise InvalidProgress(f"progress percent must be a number from 0 to 100, not {percent!r}")
+    if message is not None:
+        if not isinstance(message, str):
+            raise InvalidProgress(f"progress message must be a string, not {type(message).__name__}")
+        if len(message) > MAX_MESSAGE_CHARS:
+            raise InvalidProgress(f"progress message has {len(message)} characters; the limit is {MAX_MESSAGE_CHARS}")
+        if "\x00" in message:
+            raise InvalidProgress("progress message contains a NUL character, which Postgres cannot store")
+    if data is not None:
+        try:
+            raw = orjson.dumps(data)
+        except (TypeError, orjson.JSONEncodeError) as e:
+            raise InvalidProgress(f"progress data must be JSON-serialisable: {e}") from None
+        if len(raw) > MAX_DATA_BYTES:
+            raise InvalidProgress(f"progress data is {len(raw)} bytes as JSON; the limit is {MAX_DATA_BYTES}")
+        if NUL_ESCAPE.search(raw):
+            raise InvalidProgress("progress data contains a NUL character, which Postgres cannot store")
+        data = orjson.loads(raw)  # what is stored, not a live object the handler may change later
+    return {"percent": percent, "message": message, "data": data, "updated_at": iso(clock.now())}
+
+
+@dataclass
+class Reported:
+    attempt: int
+    ttl_ms: int  # how long the Redis copy lives after each write: past the job's lease
+    value: dict[str, Any] | None = None
+    dirty: bool = False
+    written_ms: int | None = None
+
+    def encoded(self) -> str | None:
+        return None if self.value is None else orjson.dumps(self.value).decode()
+
+
+class ProgressBoard:
+    """The reports of one drain's running jobs, until the heartbeat writes them."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.jobs: dict[int, Reported] = {}
+        self.writes = 0  # values written to Redis, for the tests
+
+    def start(self, job_id: int, attempt: int, ttl_ms: int) -> None:
+        self.jobs[job_id] = Reported(attempt, ttl_ms)
+
+    def report(self, job_id: int, value: dict[str, Any]) -> None:
+        r = self.jobs.get(job_id)
+        if r is not None:
+            r.value, r.dirty = value, True
+
+    def finish(self, job_id: int) -> str | None:
+        """The job has ended: its last report (JSON, for the outcome), and no more writes."""
+        r = self.jobs.pop(job_id, None)
+        return None if r is None else r.encoded()
+
+    def due(self) -> list[tuple[int, str, int]]:
+        """(job id, value with its attempt, TTL ms) for what the next beat writes, marked written:
+        each changed report whose job was last written at least MIN_INTERVAL_MS ago."""
+        now = self.clock.ms()
+        out = []
+        for jid, r in self.jobs.items():
+            if not r.dirty or (r.written_ms is not None and now - r.written_ms < MIN_INTERVAL_MS):
+                continue
+            r.dirty, r.written_ms = False, now
+            out.append((jid, orjson.dumps({"attempt": r.attempt, **(r.value or {})}).decode(), r.ttl_ms))
+        self.writes += len(out)
+        return out
+
+
+def live(raw: str | None, attempt: int) -> dict[str, Any] | None:
+    """A Redis copy as the view shows it, if it is the current attempt's."""
+    if raw is None:
+        return None
+    value: dict[str, Any] = orjson.loads(raw)
+    if value.pop("attempt", None) != attempt:
+        return None
+    return value
