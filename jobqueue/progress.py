@@ -17,6 +17,7 @@ report as its own.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,8 +25,9 @@ import orjson
 
 from .clock import Clock, iso
 from .errors import InvalidProgress
-from .validation import NUL_ESCAPE
 
+# A \u0000 escape that is not itself escaped (as validation.NUL_ESCAPE, one layer up from here).
+NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 MIN_INTERVAL_MS = 1000  # at most one write per job per this
 MAX_MESSAGE_CHARS = 500
 MAX_DATA_BYTES = 4096  # `data` encoded as JSON
