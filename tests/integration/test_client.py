@@ -205,9 +205,7 @@ async def test_async_client_dlq_queues_metrics_and_health(app: FastAPI, api_jq: 
 # --- the sync client -------------------------------------------------------------------------------
 
 
-async def test_wait_is_one_long_poll_that_the_server_answers_when_the_job_ends(
-    app: FastAPI, api_jq: JobQueue
-) -> None:
+async def test_wait_is_one_long_poll_that_the_server_answers_when_the_job_ends(app: FastAPI, api_jq: JobQueue) -> None:
     sent: list[str | None] = []
 
     class Counting(httpx.ASGITransport):
