@@ -269,6 +269,7 @@ class JobQueue:
             current = await self.get(job_id)
             raise InvalidState(f"job {job_id} is {current['status']}; only pending or scheduled jobs can be cancelled")
         callback = {k[3:]: row.pop(k) for k in list(row) if k.startswith("cb_")}
+        row.pop("final_view", None)  # what the callback (if any) carries
         self.waiters.notify([job_id])
         # A cancelled id left in Redis is dropped when popped; a delayed one would sit in its
         # sorted set until its due time, so remove it now (best effort: the claim still drops it).

@@ -142,7 +142,20 @@ dead AS (
                                                                    'error', 'lease expired'))
     FROM cand c
     WHERE j.id = c.id AND c.status = 'processing' AND c.attempts >= c.max_attempts
-    RETURNING j.*
+    RETURNING j.id, j.queue, j.type, j.attempts, j.error, j.status, j.callback,
+       CASE WHEN j.callback IS NOT NULL THEN
+           jsonb_build_object(
+           'id', j.id, 'queue', j.queue, 'type', j.type, 'payload', j.payload, 'status', j.status,
+           'priority', j.priority, 'attempts', j.attempts, 'max_attempts', j.max_attempts,
+           'backoff', j.backoff, 'timeout_ms', j.timeout_ms, 'idempotency_key', j.idempotency_key,
+           'result', j.result, 'error', j.error, 'history', j.history, 'run_at', NULL,
+           'created_at', to_char(j.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+           'started_at', to_char(j.started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+           'finished_at', to_char(j.finished_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+           'group', j.group_key, 'schedule_id', j.schedule_id,
+           'scheduled_for', to_char(j.scheduled_for AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+           'progress', j.progress, 'callback_url', j.callback ->> 'url', 'created_by', j.created_by)
+       END AS final_view
 ),
 callbacks AS (
     -- Completion callbacks: a signed webhook.deliver job with the final view, for each job that
@@ -151,17 +164,7 @@ callbacks AS (
                       created_at, group_key, limiter, created_by)
     SELECT f.callback ->> 'queue', 'webhook.deliver',
            jsonb_build_object('url', f.callback ->> 'url', 'event', 'job.' || f.status, 'data',
-               jsonb_build_object(
-               'id', f.id, 'queue', f.queue, 'type', f.type, 'payload', f.payload, 'status', f.status,
-               'priority', f.priority, 'attempts', f.attempts, 'max_attempts', f.max_attempts,
-               'backoff', f.backoff, 'timeout_ms', f.timeout_ms, 'idempotency_key', f.idempotency_key,
-               'result', f.result, 'error', f.error, 'history', f.history, 'run_at', NULL,
-               'created_at', to_char(f.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-               'started_at', to_char(f.started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-               'finished_at', to_char(f.finished_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-               'group', f.group_key, 'schedule_id', f.schedule_id,
-               'scheduled_for', to_char(f.scheduled_for AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-               'progress', f.progress, 'callback_url', f.callback ->> 'url', 'created_by', f.created_by)),
+               f.final_view),
            'pending', 5, (f.callback ->> 'max_attempts')::int, f.callback -> 'backoff',
            (f.callback ->> 'timeout_ms')::int, $2::timestamptz, $2::timestamptz, f.callback ->> 'group_key',
            f.callback ->> 'limiter', f.id
@@ -254,7 +257,21 @@ UPDATE jobs j SET
               END
 FROM o
 WHERE j.id = o.id AND j.status = 'processing' AND j.lease_token = o.token
-RETURNING j.*
+-- The final view only for a job with a callback: the others return what they always did.
+RETURNING j.id, j.status, j.callback,
+       CASE WHEN j.callback IS NOT NULL THEN
+           jsonb_build_object(
+           'id', j.id, 'queue', j.queue, 'type', j.type, 'payload', j.payload, 'status', j.status,
+           'priority', j.priority, 'attempts', j.attempts, 'max_attempts', j.max_attempts,
+           'backoff', j.backoff, 'timeout_ms', j.timeout_ms, 'idempotency_key', j.idempotency_key,
+           'result', j.result, 'error', j.error, 'history', j.history, 'run_at', NULL,
+           'created_at', to_char(j.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+           'started_at', to_char(j.started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+           'finished_at', to_char(j.finished_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+           'group', j.group_key, 'schedule_id', j.schedule_id,
+           'scheduled_for', to_char(j.scheduled_for AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+           'progress', j.progress, 'callback_url', j.callback ->> 'url', 'created_by', j.created_by)
+       END AS final_view
 ),
 callbacks AS (
     -- Completion callbacks: a signed webhook.deliver job with the final view, for each job that
@@ -263,17 +280,7 @@ callbacks AS (
                       created_at, group_key, limiter, created_by)
     SELECT f.callback ->> 'queue', 'webhook.deliver',
            jsonb_build_object('url', f.callback ->> 'url', 'event', 'job.' || f.status, 'data',
-               jsonb_build_object(
-               'id', f.id, 'queue', f.queue, 'type', f.type, 'payload', f.payload, 'status', f.status,
-               'priority', f.priority, 'attempts', f.attempts, 'max_attempts', f.max_attempts,
-               'backoff', f.backoff, 'timeout_ms', f.timeout_ms, 'idempotency_key', f.idempotency_key,
-               'result', f.result, 'error', f.error, 'history', f.history, 'run_at', NULL,
-               'created_at', to_char(f.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-               'started_at', to_char(f.started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-               'finished_at', to_char(f.finished_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-               'group', f.group_key, 'schedule_id', f.schedule_id,
-               'scheduled_for', to_char(f.scheduled_for AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-               'progress', f.progress, 'callback_url', f.callback ->> 'url', 'created_by', f.created_by)),
+               f.final_view),
            'pending', 5, (f.callback ->> 'max_attempts')::int, f.callback -> 'backoff',
            (f.callback ->> 'timeout_ms')::int, $9::timestamptz, $9::timestamptz, f.callback ->> 'group_key',
            f.callback ->> 'limiter', f.id
@@ -291,9 +298,22 @@ SELECT 'callback', id, queue, priority, status, created_at, run_at, limiter FROM
 -- Cancel a job that has not started; a cancelled job's id may stay in Redis: the claim drops it.
 -- Its completion callback, if it asked for one, is inserted here too (cb_* columns: to push).
 WITH c AS (
-    UPDATE jobs SET status = 'cancelled', finished_at = $2::timestamptz, run_at = $2::timestamptz
-    WHERE id = $1 AND status IN ('pending', 'scheduled')
-    RETURNING *
+    UPDATE jobs j SET status = 'cancelled', finished_at = $2::timestamptz, run_at = $2::timestamptz
+    WHERE j.id = $1 AND j.status IN ('pending', 'scheduled')
+    RETURNING j.*,
+       CASE WHEN j.callback IS NOT NULL THEN
+           jsonb_build_object(
+           'id', j.id, 'queue', j.queue, 'type', j.type, 'payload', j.payload, 'status', j.status,
+           'priority', j.priority, 'attempts', j.attempts, 'max_attempts', j.max_attempts,
+           'backoff', j.backoff, 'timeout_ms', j.timeout_ms, 'idempotency_key', j.idempotency_key,
+           'result', j.result, 'error', j.error, 'history', j.history, 'run_at', NULL,
+           'created_at', to_char(j.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+           'started_at', to_char(j.started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+           'finished_at', to_char(j.finished_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+           'group', j.group_key, 'schedule_id', j.schedule_id,
+           'scheduled_for', to_char(j.scheduled_for AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+           'progress', j.progress, 'callback_url', j.callback ->> 'url', 'created_by', j.created_by)
+       END AS final_view
 ),
 callbacks AS (
     -- Completion callbacks: a signed webhook.deliver job with the final view, for each job that
@@ -302,17 +322,7 @@ callbacks AS (
                       created_at, group_key, limiter, created_by)
     SELECT f.callback ->> 'queue', 'webhook.deliver',
            jsonb_build_object('url', f.callback ->> 'url', 'event', 'job.' || f.status, 'data',
-               jsonb_build_object(
-               'id', f.id, 'queue', f.queue, 'type', f.type, 'payload', f.payload, 'status', f.status,
-               'priority', f.priority, 'attempts', f.attempts, 'max_attempts', f.max_attempts,
-               'backoff', f.backoff, 'timeout_ms', f.timeout_ms, 'idempotency_key', f.idempotency_key,
-               'result', f.result, 'error', f.error, 'history', f.history, 'run_at', NULL,
-               'created_at', to_char(f.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-               'started_at', to_char(f.started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-               'finished_at', to_char(f.finished_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-               'group', f.group_key, 'schedule_id', f.schedule_id,
-               'scheduled_for', to_char(f.scheduled_for AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-               'progress', f.progress, 'callback_url', f.callback ->> 'url', 'created_by', f.created_by)),
+               f.final_view),
            'pending', 5, (f.callback ->> 'max_attempts')::int, f.callback -> 'backoff',
            (f.callback ->> 'timeout_ms')::int, $2::timestamptz, $2::timestamptz, f.callback ->> 'group_key',
            f.callback ->> 'limiter', f.id
