@@ -316,3 +316,42 @@ async def test_callback_url_needs_webhook_deliver_in_the_registry(make_jq: MakeJ
     with pytest.raises(InvalidJob, match=r"webhook\.deliver") as e:
         await jq.enqueue({"type": "echo", "callback_url": "https://example.com/hook"})
     assert e.value.field == "callback_url"
+
+
+# --- waiting (both transports) --------------------------------------------------------------------
+
+
+async def test_a_waiter_in_another_engine_hears_of_the_end_through_the_done_set(
+    make_jq: MakeJQ, registry: Registry
+) -> None:
+    go = asyncio.Event()
+
+    @registry.job("held")
+    async def held(payload: dict[str, Any], ctx: JobContext) -> str:
+        await go.wait()
+        return "done"
+
+    drainer, waiter = make_jq(), make_jq()
+    row, _ = await drainer.enqueue({"type": "held"})
+    drain = asyncio.create_task(drainer.drain(10))
+    waiting = asyncio.create_task(waiter.view(row["id"], 10))
+    await asyncio.sleep(0.3)
+    assert not waiting.done() and waiter.waiters.polls >= 3
+    go.set()
+    got = await asyncio.wait_for(waiting, 2)
+    await drain
+    assert (got["status"], got["result"]) == ("completed", "done")
+    ended = await waiter.broker.ended_at([row["id"], row["id"] + 1000])
+    assert list(ended) == [row["id"]]
+
+
+async def test_a_stale_done_entry_does_not_end_a_wait(make_jq: MakeJQ) -> None:
+    jq = make_jq()
+    row, _ = await jq.enqueue({"type": "echo", "delay_ms": 60_000})
+    await jq.cancel(row["id"])
+    await jq.retry(row["id"])  # pending again, while its done entry from the cancel is still there
+    jq.waiters.notify = lambda ids: None  # type: ignore[method-assign]  # only the done set speaks
+    s0 = jq.store.statements
+    got = await jq.view(row["id"], 0.4)
+    assert got["status"] == "pending"
+    assert jq.store.statements - s0 == 3  # first read, the stale entry's read, the timeout's read
