@@ -29,6 +29,9 @@ from .errors import InvalidProgress
 # A \u0000 escape that is not itself escaped (as validation.NUL_ESCAPE, one layer up from here).
 NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 MIN_INTERVAL_MS = 1000  # at most one write per job per this
+# A heartbeat a few ms early (its sleep and the wall clock disagree a little) still writes, so a
+# 1 s heartbeat does not turn into one write every 2 s.
+INTERVAL_SLACK_MS = 50
 MAX_MESSAGE_CHARS = 500
 MAX_DATA_BYTES = 4096  # `data` encoded as JSON
 
@@ -98,7 +101,7 @@ class ProgressBoard:
         now = self.clock.ms()
         out = []
         for jid, r in self.jobs.items():
-            if not r.dirty or (r.written_ms is not None and now - r.written_ms < MIN_INTERVAL_MS):
+            if not r.dirty or (r.written_ms is not None and now - r.written_ms < MIN_INTERVAL_MS - INTERVAL_SLACK_MS):
                 continue
             r.dirty, r.written_ms = False, now
             out.append((jid, orjson.dumps({"attempt": r.attempt, **(r.value or {})}).decode(), r.ttl_ms))

@@ -444,7 +444,11 @@ class Drain:
         indexed like any new job (a failed push leaves them to reconcile)."""
         self.waiters.notify(ended)
         if callbacks:
-            await self.enqueuer.dispatch(callbacks)
+            try:
+                await self.enqueuer.dispatch(callbacks)
+            except Exception as e:  # they are in Postgres: the next reconcile indexes them
+                self.state.needs_reconcile = True
+                log.warning("pushing completion callbacks failed: %s", e)
 
     def _recorded(self, job_id: int) -> None:
         self.leases.release(job_id)
