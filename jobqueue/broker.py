@@ -196,6 +196,10 @@ class Ack:
         return keys, args
 
 
+# One claim's progress reports for a heartbeat: (lease token, [(job id, report JSON)], TTL ms).
+ProgressWrite = tuple[str, list[tuple[int, str]], int]
+
+
 @dataclass(frozen=True)
 class Lease:
     """A lease this drain holds, as the processing set records it."""
@@ -309,25 +313,32 @@ class Broker:
         if keys:
             await self.redis.script(ACK, keys, args)
 
-    async def extend(self, leases: Iterable[Lease], progress: Iterable[tuple[int, str, int]] = ()) -> None:
+    async def extend(self, leases: Iterable[Lease], progress: Iterable[ProgressWrite] = ()) -> None:
         """Move leases' deadlines later (never earlier: GT), and only where the entry is still
         there (XX): an entry another drain popped meanwhile is handed back by that drain (it finds
         the lease held in Postgres), and flow control's counts follow the entries exactly.
-        `progress`: (job id, report, TTL ms) written in the same request (one SET each)."""
+        `progress`: per claim, its jobs' reports and the hash's TTL, written in the same request
+        (HSET + PEXPIRE per claim, whatever the number of jobs)."""
         by_key: dict[str, list[Any]] = defaultdict(list)
         for lease in leases:
             by_key[self.keys.processing(lease.queue)] += [lease.deadline_ms, lease_member(lease.member, lease.token)]
         cmds: list[list[Any]] = [["ZADD", k, "XX", "GT", *args] for k, args in by_key.items()]
-        cmds += [["SET", self.keys.progress(jid), value, "PX", ttl_ms] for jid, value, ttl_ms in progress]
+        for token, reports, ttl_ms in progress:
+            key = self.keys.progress(token)
+            cmds += [["HSET", key, *[x for jid, value in reports for x in (jid, value)]], ["PEXPIRE", key, ttl_ms]]
         if cmds:
             await self.redis.pipeline(cmds)
 
-    async def progress(self, job_ids: list[int]) -> dict[int, str | None]:
-        """Running jobs' progress reports as written (one MGET for any number of jobs)."""
-        if not job_ids:
+    async def progress(self, jobs: list[tuple[int, str]]) -> dict[int, str | None]:
+        """Running jobs' progress reports as written, for (job id, lease token) pairs: one HGET
+        each, in one request."""
+        if not jobs:
             return {}
-        got = await self.redis.command("MGET", *[self.keys.progress(j) for j in job_ids])
-        return {j: _text(v) for j, v in zip(job_ids, got or [], strict=False)}
+        if len(jobs) == 1:
+            ((jid, token),) = jobs
+            return {jid: _text(await self.redis.command("HGET", self.keys.progress(token), jid))}
+        got = await self.redis.pipeline([["HGET", self.keys.progress(token), jid] for jid, token in jobs])
+        return {jid: _text(v) for (jid, _), v in zip(jobs, got, strict=False)}
 
     async def ended_at(self, job_ids: list[int]) -> dict[int, int]:
         """When each of these jobs lately ended (ms), for those in the done set (one ZMSCORE)."""

@@ -156,13 +156,13 @@ class JobQueue:
         return row
 
     async def live(self, rows: list[Row]) -> list[Row]:
-        """The rows with their running jobs' progress as reported so far (one Redis MGET, only
+        """The rows with their running jobs' progress as reported so far (one Redis request, only
         when a row is processing); a finished job's last report is its own column."""
-        running = [r for r in rows if r["status"] == "processing"]
+        running = [r for r in rows if r["status"] == "processing" and r.get("lease_token")]
         if not running:
             return rows
         try:
-            got = await self.broker.progress([r["id"] for r in running])
+            got = await self.broker.progress([(r["id"], r["lease_token"]) for r in running])
         except RedisUnavailable:  # progress is a view nicety: the job itself is in Postgres
             return rows
         for r in running:

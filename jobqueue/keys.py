@@ -68,9 +68,10 @@ class Keys:
             *self.ready_all(queue),
         ]
 
-    def progress(self, job_id: int) -> str:
-        """STRING: a running job's last progress report, with a TTL (progress.py)."""
-        return f"{self.prefix}:progress:{job_id}"
+    def progress(self, lease_token: str) -> str:
+        """HASH per claim (its lease token): job id -> the running job's last progress report,
+        expiring shortly after the claiming drain's leases could have (progress.py)."""
+        return f"{self.prefix}:progress:{lease_token}"
 
     @property
     def done(self) -> str:

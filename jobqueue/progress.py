@@ -2,16 +2,16 @@
 
 A report costs nothing where it is made: it is checked and kept in memory (the latest value wins).
 The drain's heartbeat (drain/leases.py), which already runs every `heartbeat_ms` (1 s by default),
-writes the reports that changed since its last beat, for all of its jobs in one request: one `SET
-{prefix}:progress:{id} <json> PX <ttl>` per job that reported, at most one per job per second
-(`MIN_INTERVAL_MS`, on the engine's clock, whatever the heartbeat's interval), riding in the same
-pipeline as the lease update when there is one. Never a Postgres statement: the last report goes
-into the `finish` statement with the outcome (jobs.progress), and after that the view reads it
-from there. While the job runs, `GET /api/jobs/{id}` reads the Redis copy (one GET); the key
-expires on its own shortly after the job's lease could have (no command to delete it).
-
-A value carries the attempt it was reported in, so a retry never shows the previous attempt's
-report as its own.
+writes the reports that changed since their last write, for all of its jobs in one request, riding
+in the lease update's request when there is one: per claim, one `HSET {prefix}:progress:{lease
+token} id1 report1 id2 report2 ...` and one `PEXPIRE` (2 commands whatever the number of its jobs
+that reported), each job at most once per second (`MIN_INTERVAL_MS`, on the engine's clock,
+whatever the heartbeat's interval). Never a Postgres statement: the last report goes into the
+`finish` statement with the outcome (jobs.progress), and from then on the view reads it there.
+While the job runs, `GET /api/jobs/{id}` reads the Redis copy under the lease token Postgres has
+for it (one HGET). A claim's hash expires by itself a little after its leases could have, so
+nothing is ever deleted; a report also carries its attempt, as a second guard against showing a
+previous attempt's value as live.
 """
 
 from __future__ import annotations
@@ -65,7 +65,8 @@ def snapshot(clock: Clock, percent: Any, message: Any = None, data: Any = None) 
 @dataclass
 class Reported:
     attempt: int
-    ttl_ms: int  # how long the Redis copy lives after each write: past the job's lease
+    token: str  # the claim's lease token: the Redis hash the report goes to
+    expires_ms: int  # when the Redis copy may go: past the job's lease (engine clock)
     value: dict[str, Any] | None = None
     dirty: bool = False
     written_ms: int | None = None
@@ -82,8 +83,9 @@ class ProgressBoard:
         self.jobs: dict[int, Reported] = {}
         self.writes = 0  # values written to Redis, for the tests
 
-    def start(self, job_id: int, attempt: int, ttl_ms: int) -> None:
-        self.jobs[job_id] = Reported(attempt, ttl_ms)
+    def start(self, job_id: int, attempt: int, token: str, lease_ms: int) -> None:
+        """A job starts; its lease (and so its Redis copy) lasts at most `lease_ms` from now."""
+        self.jobs[job_id] = Reported(attempt, token, self.clock.ms() + lease_ms)
 
     def report(self, job_id: int, value: dict[str, Any]) -> None:
         r = self.jobs.get(job_id)
@@ -95,18 +97,22 @@ class ProgressBoard:
         r = self.jobs.pop(job_id, None)
         return None if r is None else r.encoded()
 
-    def due(self) -> list[tuple[int, str, int]]:
-        """(job id, value with its attempt, TTL ms) for what the next beat writes, marked written:
-        each changed report whose job was last written at least MIN_INTERVAL_MS ago."""
+    def due(self) -> list[tuple[str, list[tuple[int, str]], int]]:
+        """What the next beat writes, per claim: (lease token, [(job id, report with its
+        attempt)], TTL ms), each changed report whose job was last written at least
+        MIN_INTERVAL_MS ago; marked written."""
         now = self.clock.ms()
-        out = []
+        claims: dict[str, tuple[list[tuple[int, str]], list[int]]] = {}
         for jid, r in self.jobs.items():
             if not r.dirty or (r.written_ms is not None and now - r.written_ms < MIN_INTERVAL_MS - INTERVAL_SLACK_MS):
                 continue
             r.dirty, r.written_ms = False, now
-            out.append((jid, orjson.dumps({"attempt": r.attempt, **(r.value or {})}).decode(), r.ttl_ms))
-        self.writes += len(out)
-        return out
+            reports, expiries = claims.setdefault(r.token, ([], []))
+            reports.append((jid, orjson.dumps({"attempt": r.attempt, **(r.value or {})}).decode()))
+            expiries.append(r.expires_ms)
+        self.writes += sum(len(reports) for reports, _ in claims.values())
+        # The hash lives as long as the longest lease among the claim's jobs that wrote to it.
+        return [(token, reports, max(1000, max(exp) - now)) for token, (reports, exp) in claims.items()]
 
 
 def live(raw: str | None, attempt: int) -> dict[str, Any] | None:

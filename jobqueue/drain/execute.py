@@ -54,7 +54,7 @@ class Executor:
         t0 = time.perf_counter()
         jid = row["id"]
         # The Redis copy outlives the lease a little, then goes by itself (progress.py).
-        self.progress.start(jid, row["attempts"], row["timeout_ms"] + self.settings.lease_grace_ms + 10_000)
+        self.progress.start(jid, row["attempts"], token, int(timeout_s * 1000) + self.settings.lease_grace_ms + 10_000)
         try:
             jt = self.registry.get(row["type"])
             payload = jt.validate(row["payload"])

@@ -63,12 +63,12 @@ async def test_progress_is_throttled_visible_while_running_and_kept_with_the_out
         return "ok"
 
     jq = make_jq(JOBQUEUE_HEARTBEAT_MS=20)
-    writes: list[tuple[int, str, int]] = []
+    writes: list[tuple[str, int, str]] = []  # (lease token, job id, report): one per job written
     real_extend = jq.broker.extend
 
     async def counting_extend(leases: Any, progress: Any = ()) -> None:
         progress = list(progress)
-        writes.extend(progress)
+        writes.extend((token, jid, value) for token, reports, _ in progress for jid, value in reports)
         await real_extend(leases, progress)
 
     jq.broker.extend = counting_extend  # type: ignore[method-assign]
@@ -145,16 +145,36 @@ async def test_a_retry_does_not_show_the_previous_attempts_report_as_live(
         raise RuntimeError("again")
 
     jq = make_jq(JOBQUEUE_HEARTBEAT_MS=20)
+    claims: list[tuple[str, list[tuple[int, str]], int]] = []
+    real_extend = jq.broker.extend
+
+    async def recording_extend(leases: Any, progress: Any = ()) -> None:
+        progress = list(progress)
+        claims.extend(progress)
+        await real_extend(leases, progress)
+
+    jq.broker.extend = recording_extend  # type: ignore[method-assign]
     row, _ = await jq.enqueue({"type": "flaky", "max_attempts": 2, "backoff": {"type": "fixed", "delay_ms": 0}})
     await jq.drain(5)
     after = await jq.get(row["id"])
     assert after["status"] == "failed" and after["attempts"] == 2
     assert after["progress"]["message"] == "attempt 2"
-    # The Redis copy of attempt 2 is still there, but a running attempt 3 would not take it.
+    # Each attempt wrote under its own claim's lease token (one HSET + PEXPIRE per claim and beat),
+    # so a new attempt never reads the last one's copy; the copies expire with their claims' leases.
     from jobqueue.progress import live
 
-    raw = (await jq.broker.progress([row["id"]]))[row["id"]]
-    assert live(raw, 2) is not None and live(raw, 3) is None
+    tokens = list(dict.fromkeys(token for token, _, _ in claims))
+    assert len(tokens) == 2 and all(0 < ttl <= 45_000 for _, _, ttl in claims)
+    first = (await jq.broker.progress([(row["id"], tokens[0])]))[row["id"]]
+    assert live(first, 1) == {
+        "percent": 50,
+        "message": "attempt 1",
+        "data": None,
+        "updated_at": live(first, 1)["updated_at"],
+    }  # type: ignore[index]
+    assert live(first, 2) is None
+    both = await jq.broker.progress([(row["id"], tokens[1]), (row["id"] + 1, tokens[0])])
+    assert live(both[row["id"]], 2) is not None and both[row["id"] + 1] is None
 
 
 # --- created_by -----------------------------------------------------------------------------------
@@ -355,3 +375,34 @@ async def test_a_stale_done_entry_does_not_end_a_wait(make_jq: MakeJQ) -> None:
     got = await jq.view(row["id"], 0.4)
     assert got["status"] == "pending"
     assert jq.store.statements - s0 == 3  # first read, the stale entry's read, the timeout's read
+
+
+async def test_a_beat_writes_a_claims_reports_in_two_commands_whatever_their_number(
+    make_jq: MakeJQ, clock: FakeClock
+) -> None:
+    from jobqueue.progress import ProgressBoard, live, snapshot
+
+    jq = make_jq()
+    board = ProgressBoard(clock)
+    for jid in (1, 2, 3):
+        board.start(jid, 1, "tok-a", 30_000)
+    board.start(4, 2, "tok-b", 60_000)
+    for n in range(10):  # ten reports each within the same second: only the last of each is written
+        for jid in (1, 2, 3, 4):
+            board.report(jid, snapshot(clock, n * 10 + jid, f"job {jid}"))
+    due = board.due()
+    assert [(t, [j for j, _ in r], ttl) for t, r, ttl in due] == [("tok-a", [1, 2, 3], 30_000), ("tok-b", [4], 60_000)]
+    cmds = sum(2 for _ in due)  # HSET + PEXPIRE per claim
+    assert cmds == 4 and board.writes == 4
+    r0 = jq.redis.requests  # type: ignore[attr-defined]
+    await jq.broker.extend([], due)
+    assert jq.redis.requests - r0 == 1  # one request for all of it
+    got = await jq.broker.progress([(1, "tok-a"), (3, "tok-a"), (4, "tok-b")])
+    assert [live(got[j], a)["percent"] for j, a in ((1, 1), (3, 1), (4, 2))] == [91, 93, 94]  # type: ignore[index]
+    assert board.due() == []  # nothing changed since
+    clock.advance(500)
+    board.report(1, snapshot(clock, 99))
+    assert board.due() == []  # changed, but written less than a second ago
+    clock.advance(500)
+    assert [(t, [j for j, _ in r]) for t, r, _ in board.due()] == [("tok-a", [1])]
+    assert board.finish(1) is not None and board.finish(1) is None
