@@ -45,7 +45,12 @@ CREATE TABLE IF NOT EXISTS jobs (
     -- (NULL: the job has no dependencies)
     pending_deps     integer     NOT NULL DEFAULT 0,
     has_dependents   boolean     NOT NULL DEFAULT false,
-    on_dependency_failure text   CHECK (on_dependency_failure IN ('fail', 'ignore', 'continue'))
+    on_dependency_failure text   CHECK (on_dependency_failure IN ('fail', 'ignore', 'continue')),
+    -- the handler's last progress report, the completion callback as resolved at enqueue, and the
+    -- job whose handler (or outcome, for a callback) created this one (0006)
+    progress         jsonb,
+    callback         jsonb,
+    created_by       bigint
 );
 
 -- idempotency: a key is unique per queue

@@ -38,6 +38,8 @@ SWEEP_WINDOW_MS = 120_000
 # delays the tick by this much (Postgres, not this lease, makes firing exactly-once).
 SCHEDULE_LEASE_MS = 10_000
 SCHEDULES_PER_CLAIM = 100
+# How long an ended job's id stays in the done set (waiting.py): waiters poll far more often.
+DONE_WINDOW_MS = 30_000
 GATED_ON_SLOT = 9 * 10**15  # claim.lua's BLOCKED
 PRUNE = Script(
     "prune_queues",
@@ -134,6 +136,10 @@ class Ack:
 
     keys: Keys
     queues: dict[str, _QueueAck] = field(default_factory=lambda: defaultdict(_QueueAck))
+    ended: list[int] = field(default_factory=list)  # jobs that reached a final status: into the done set
+
+    def end(self, job_id: int) -> None:
+        self.ended.append(job_id)
 
     def done(self, queue: str, member: str, token: str) -> None:
         self.queues[queue].remove.append(lease_member(member, token))
@@ -160,9 +166,10 @@ class Ack:
         self.queues[queue].park += [until_ms, member]
 
     def __bool__(self) -> bool:
-        return any(self.queues.values())
+        return any(self.queues.values()) or bool(self.ended)
 
     def merge(self, other: Ack) -> None:
+        self.ended += other.ended
         for q, theirs in other.queues.items():
             mine = self.queues[q]
             mine.remove += theirs.remove
@@ -182,7 +189,15 @@ class Ack:
             release = sorted(a.release, key=_age_key, reverse=True)
             for section, width in ((a.remove, 1), (a.retry, 2), (release, 1), (a.hand_back, 2), (a.park, 2)):
                 args += [len(section) // width, *section]
+        if self.ended:
+            # The trailing key and section (ack.lua): 2 commands per request, whatever the count.
+            keys.append(self.keys.done)
+            args += [now_ms - DONE_WINDOW_MS, len(self.ended), *self.ended]
         return keys, args
+
+
+# One claim's progress reports for a heartbeat: (lease token, [(job id, report JSON)], TTL ms).
+ProgressWrite = tuple[str, list[tuple[int, str]], int]
 
 
 @dataclass(frozen=True)
@@ -298,15 +313,39 @@ class Broker:
         if keys:
             await self.redis.script(ACK, keys, args)
 
-    async def extend(self, leases: Iterable[Lease]) -> None:
+    async def extend(self, leases: Iterable[Lease], progress: Iterable[ProgressWrite] = ()) -> None:
         """Move leases' deadlines later (never earlier: GT), and only where the entry is still
         there (XX): an entry another drain popped meanwhile is handed back by that drain (it finds
-        the lease held in Postgres), and flow control's counts follow the entries exactly."""
+        the lease held in Postgres), and flow control's counts follow the entries exactly.
+        `progress`: per claim, its jobs' reports and the hash's TTL, written in the same request
+        (HSET + PEXPIRE per claim, whatever the number of jobs)."""
         by_key: dict[str, list[Any]] = defaultdict(list)
         for lease in leases:
             by_key[self.keys.processing(lease.queue)] += [lease.deadline_ms, lease_member(lease.member, lease.token)]
-        if by_key:
-            await self.redis.pipeline([["ZADD", k, "XX", "GT", *args] for k, args in by_key.items()])
+        cmds: list[list[Any]] = [["ZADD", k, "XX", "GT", *args] for k, args in by_key.items()]
+        for token, reports, ttl_ms in progress:
+            key = self.keys.progress(token)
+            cmds += [["HSET", key, *[x for jid, value in reports for x in (jid, value)]], ["PEXPIRE", key, ttl_ms]]
+        if cmds:
+            await self.redis.pipeline(cmds)
+
+    async def progress(self, jobs: list[tuple[int, str]]) -> dict[int, str | None]:
+        """Running jobs' progress reports as written, for (job id, lease token) pairs: one HGET
+        each, in one request."""
+        if not jobs:
+            return {}
+        if len(jobs) == 1:
+            ((jid, token),) = jobs
+            return {jid: _text(await self.redis.command("HGET", self.keys.progress(token), jid))}
+        got = await self.redis.pipeline([["HGET", self.keys.progress(token), jid] for jid, token in jobs])
+        return {jid: _text(v) for (jid, _), v in zip(jobs, got, strict=False)}
+
+    async def ended_at(self, job_ids: list[int]) -> dict[int, int]:
+        """When each of these jobs lately ended (ms), for those in the done set (one ZMSCORE)."""
+        if not job_ids:
+            return {}
+        got = await self.redis.command("ZMSCORE", self.keys.done, *job_ids)
+        return {j: int(float(v)) for j, v in zip(job_ids, got or [], strict=False) if v is not None}
 
     async def arm_sweep(self, now_ms: int) -> None:
         """Jobs were enqueued inside an application's transaction: until the window ends, claims
@@ -361,6 +400,17 @@ class Broker:
 
     async def forget_delayed(self, queue: str, member: str) -> None:
         await self.redis.command("ZREM", self.keys.delayed(queue), member)
+
+    async def cancelled(self, queue: str, member: str, job_id: int, now_ms: int, rows: list[dict[str, Any]]) -> None:
+        """A job was cancelled: out of its delayed set, into the done set (its waiters answer), and
+        its completion callback (`rows`) indexed, in one request."""
+        cmds: list[list[Any]] = [["ZREM", self.keys.delayed(queue), member]]
+        cmds += [
+            ["ZADD", self.keys.done, now_ms, job_id],
+            ["ZREMRANGEBYSCORE", self.keys.done, "-inf", now_ms - DONE_WINDOW_MS],
+        ]
+        cmds += self._push_commands(rows)
+        await self.redis.pipeline(cmds)
 
     async def ping(self) -> None:
         await self.redis.command("PING")
@@ -594,6 +644,10 @@ if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) 
 return 0
 """,
 )
+
+
+def _text(value: Any) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _age_key(member: str) -> tuple[int, int]:

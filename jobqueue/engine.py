@@ -4,7 +4,6 @@ through the store's named statements and to Redis only through the broker's oper
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
@@ -12,19 +11,21 @@ from typing import Any
 
 from .broker import Broker, job_member
 from .clock import Clock, iso
-from .dependencies import Dependencies
+from .dependencies import GRAPH_CAP, Dependencies
 from .drain import DrainReport, DrainState
 from .enqueue import MAX_BATCH, Enqueuer
 from .enqueue_graph import GraphEnqueuer
 from .errors import ConfigurationError, InvalidJob, InvalidState, JobNotFound, RedisUnavailable
 from .keys import Keys
 from .models import STATUSES, JobRequest, JobView, QueueSettings
+from .progress import live as live_progress
 from .registry import Registry
 from .schedules import Schedules
 from .settings import Settings
 from .store import Row, Store
 from .transports import RedisPyTransport, RedisTransport, UpstashTransport
 from .validation import check_id, check_queue_name, like_pattern, parse_model, search_id
+from .waiting import MAX_WAIT_S, Waiters
 
 log = logging.getLogger("jobqueue")
 
@@ -59,6 +60,8 @@ class JobQueue:
         self.schedules = Schedules(store, self.broker, registry, self.settings, self.clock, self.dispatch)
         self.deps = Dependencies(store, self.clock, self.enqueuer.dispatch)
         self.graph_enqueuer = GraphEnqueuer(self.enqueuer, self.deps)
+        # Callers waiting for jobs to end (GET /api/jobs/{id}?wait_s=); see waiting.py.
+        self.waiters = Waiters(self.broker)
         # Awaited after every drain with (engine, report): housekeeping, alerts. See drain/loop.py.
         self.drain_hooks: list[Callable[[JobQueue, DrainReport], Awaitable[None]]] = []
 
@@ -102,6 +105,7 @@ class JobQueue:
         return self.broker.redis
 
     async def close(self) -> None:
+        await self.waiters.close()
         await self.enqueuer.close()
         await self.store.close()
         await self.broker.redis.close()
@@ -116,9 +120,10 @@ class JobQueue:
         application's own transaction (see enqueue.py)."""
         return (await self.enqueue_many([req], connection=connection, session=session, single=True))[0]
 
-    async def enqueue_from_handler(self, req: JobRequest | dict[str, Any]) -> JobView:
-        """`ctx.enqueue` in a handler: a follow-up job, answered as the API shows it."""
-        row, _ = await self.enqueue(req)
+    async def enqueue_from_handler(self, req: JobRequest | dict[str, Any], *, created_by: int | None = None) -> JobView:
+        """`ctx.enqueue` in a handler: a follow-up job, answered as the API shows it; it records
+        the job whose handler made it (`created_by`)."""
+        row, _ = (await self.enqueue_many([req], single=True, created_by=created_by))[0]
         return JobView.from_row(row)
 
     async def enqueue_many(
@@ -128,12 +133,13 @@ class JobQueue:
         connection: Any = None,
         session: Any = None,
         single: bool = False,
+        created_by: int | None = None,
     ) -> list[tuple[Row, bool]]:
         """All-or-nothing: every request is validated before anything is written; then one INSERT
         and one Redis request for the lot. `connection`/`session` as for `enqueue`."""
         if len(reqs) > MAX_BATCH:
             raise InvalidJob(f"at most {MAX_BATCH} jobs per batch, got {len(reqs)}", field="jobs")
-        prepared = [self.enqueuer.prepare(r, None if single else i) for i, r in enumerate(reqs)]
+        prepared = [self.enqueuer.prepare(r, None if single else i, created_by=created_by) for i, r in enumerate(reqs)]
         if not prepared:
             return []
         if any("depends_on" in p for p in prepared):
@@ -176,9 +182,39 @@ class JobQueue:
     async def get_with_graph(self, job_id: int) -> Row:
         """The job with the jobs it depends on and its dependents (`depends_on`, `dependents`:
         id, type, status), as its view and the dashboard show them."""
-        row = await self.get(job_id)
-        row["depends_on"], row["dependents"] = await self.deps.graph(row["id"])
+        row = await self.store.fetchrow("get_job_graph", check_id(job_id), GRAPH_CAP)
+        if row is None:
+            raise JobNotFound(f"job {job_id} not found")
         return row
+
+    async def live(self, rows: list[Row]) -> list[Row]:
+        """The rows with their running jobs' progress as reported so far (one Redis request, only
+        when a row is processing); a finished job's last report is its own column."""
+        running = [r for r in rows if r["status"] == "processing" and r.get("lease_token")]
+        if not running:
+            return rows
+        try:
+            got = await self.broker.progress([(r["id"], r["lease_token"]) for r in running])
+        except RedisUnavailable:  # progress is a view nicety: the job itself is in Postgres
+            return rows
+        for r in running:
+            value = live_progress(got.get(r["id"]), r["attempts"])
+            if value is not None:
+                r["progress"] = value
+        return rows
+
+    async def view(self, job_id: int, wait_s: float | None = None) -> Row:
+        """A job as the API shows it: its graph (`depends_on`, `dependents`) and live progress;
+        with `wait_s`, once it is terminal or after that many seconds (at most 25), whichever
+        comes first (waiting.py)."""
+        check_id(job_id)
+        if wait_s is None:
+            row = await self.get_with_graph(job_id)
+        else:
+            if not 0 < wait_s <= MAX_WAIT_S:
+                raise InvalidJob(f"wait_s must be more than 0 and at most {MAX_WAIT_S}", field="wait_s")
+            row = await self.waiters.wait(job_id, wait_s, lambda: self.get_with_graph(job_id))
+        return (await self.live([row]))[0]
 
     async def list_jobs(
         self,
@@ -267,14 +303,23 @@ class JobQueue:
             raise InvalidState(
                 f"job {job_id} is {current['status']}; only waiting, pending or scheduled jobs can be cancelled"
             )
+        callback = {k[3:]: row.pop(k) for k in list(row) if k.startswith("cb_")}
+        row.pop("final_view", None)  # what the callback (if any) carries
+        self.waiters.notify([job_id])
         # Its dependents under the `fail` policy are cancelled too, down the graph; the others
         # count it as finished. Always looked at: a dependent inserted while this committed
         # would not be in the row's has_dependents (resolve's fresh snapshot sees it).
         await self.deps.release([row["id"]])
         # A cancelled id left in Redis is dropped when popped; a delayed one would sit in its
         # sorted set until its due time, so remove it now (best effort: the claim still drops it).
-        with contextlib.suppress(RedisUnavailable):
-            await self.broker.forget_delayed(row["queue"], job_member(row))
+        # The same request tells waiters elsewhere and indexes the completion callback, if any.
+        try:
+            await self.broker.cancelled(
+                row["queue"], job_member(row), job_id, self.clock.ms(), [callback] if callback["id"] else []
+            )
+        except RedisUnavailable:
+            if callback["id"]:
+                self.dispatch.needs_reconcile = True  # the callback is in Postgres: reconcile pushes it
         return row
 
     async def retry(self, job_id: int) -> Row:

@@ -44,6 +44,7 @@ MAX_BATCH = 1000
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_BACKOFF = Backoff()
 DEFAULT_BACKOFF_JSON = DEFAULT_BACKOFF.model_dump_json()
+CALLBACK_TYPE = "webhook.deliver"  # the job type that delivers completion callbacks
 SESSION_PENDING = "jobqueue.pending"  # session.info key: rows to push after the session commits
 
 # The transaction opened by `Enqueuer.transaction`: its connection and the rows to push after it.
@@ -66,13 +67,16 @@ class Enqueuer:
         self.kicker: Kicker | None = None
         self._background: set[asyncio.Task[None]] = set()
 
-    def prepare(self, req: JobRequest | dict[str, Any], index: int | None = None) -> dict[str, Any]:
+    def prepare(
+        self, req: JobRequest | dict[str, Any], index: int | None = None, *, created_by: int | None = None
+    ) -> dict[str, Any]:
         try:
             if not isinstance(req, JobRequest):
                 req = parse_request(req)
             jt = self.registry.get(req.type)
             validated = jt.validate(req.payload)
             group = req.group if req.group is not None else jt.group_of(validated)
+            callback = self._callback(req.callback_url) if req.callback_url is not None else None
         except InvalidJob as e:
             if index is None:
                 raise
@@ -105,6 +109,11 @@ class Enqueuer:
             "group_key": group,
             "limiter": limiter_suffix(type_tag(jt.name) if jt.limited else "", group),
         }
+        # Only a job that has them carries these keys: the others keep insert_jobs' document as it was.
+        if callback is not None:
+            columns["callback"] = callback
+        if created_by is not None:
+            columns["created_by"] = created_by
         prepared: dict[str, Any] = {
             **columns,
             "columns": columns,
@@ -118,6 +127,31 @@ class Enqueuer:
             prepared["depends_on"] = req.depends_on
             prepared["policy"] = req.on_dependency_failure or "fail"
         return prepared
+
+    def _callback(self, url: str) -> dict[str, Any]:
+        """A completion callback, resolved now into the webhook.deliver job the outcome's statement
+        will insert (queue, retry policy, group and flow-control suffix), so that statement needs
+        nothing but the row. The URL is checked by webhook.deliver's own payload model: a callback
+        that was accepted here cannot fail validation when it is sent."""
+        if CALLBACK_TYPE not in self.registry:
+            raise InvalidJob(
+                f"callback_url needs the {CALLBACK_TYPE} job type, which this registry lacks", field="callback_url"
+            )
+        jt = self.registry.get(CALLBACK_TYPE)
+        try:
+            group = jt.group_of(jt.validate({"url": url}))
+        except InvalidJob as e:
+            raise InvalidJob(f"callback_url: {e.message.split(': ', 2)[-1]}", field="callback_url") from None
+        backoff = jt.backoff or DEFAULT_BACKOFF
+        return {
+            "url": url,
+            "queue": jt.queue,
+            "max_attempts": jt.max_attempts or DEFAULT_MAX_ATTEMPTS,
+            "backoff": backoff.model_dump(),
+            "timeout_ms": jt.timeout_ms or self.settings.default_timeout_ms,
+            "group_key": group,
+            "limiter": limiter_suffix(type_tag(jt.name) if jt.limited else "", group),
+        }
 
     async def insert(self, jobs: list[dict[str, Any]], *, on: Any = None, again: bool = True) -> list[tuple[Row, bool]]:
         """Insert prepared jobs (one statement) and index the new ones in Redis (one request).
@@ -137,9 +171,9 @@ class Enqueuer:
                 for i, j in enumerate(jobs)
             ]
         ).decode()
-        returned = sorted(
-            await self._fetch(on, "insert_jobs", doc, on is None, *self._defaults()), key=lambda r: r["id"]
-        )
+        linked = any("callback" in j["columns"] or "created_by" in j["columns"] for j in jobs)
+        statement = "insert_jobs_linked" if linked else "insert_jobs"
+        returned = sorted(await self._fetch(on, statement, doc, on is None, *self._defaults()), key=lambda r: r["id"])
         resolved = {r["id"]: r for r in returned}
         # Identity values follow the insert order, so the unkeyed ids match the unkeyed jobs in
         # order; keyed jobs match by key (the first job with a key wins within a batch).
@@ -299,7 +333,7 @@ class _Borrowed:
 
 def _decoded(row: Row) -> Row:
     """A row read on an application's connection has its JSON as text (its codecs are not ours)."""
-    for col in ("payload", "backoff", "result", "history"):
+    for col in ("payload", "backoff", "result", "history", "progress", "callback"):
         if isinstance(row.get(col), str):
             row[col] = orjson.loads(row[col])
     return row

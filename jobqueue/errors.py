@@ -140,3 +140,9 @@ class RateLimited(HandlerSignal):
         super().__init__(reason)
         self.retry_after_ms = max(0, int(retry_after_ms))
         self.reason = reason
+
+
+class InvalidProgress(JobQueueError, ValueError):
+    """A progress report was refused: percent must be a number from 0 to 100, message a short
+    string, data JSON of bounded size. Raised to the handler by `ctx.progress`; left uncaught, it
+    fails the job like any other bug in its handler."""

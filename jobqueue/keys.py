@@ -68,6 +68,17 @@ class Keys:
             *self.ready_all(queue),
         ]
 
+    def progress(self, lease_token: str) -> str:
+        """HASH per claim (its lease token): job id -> the running job's last progress report,
+        expiring shortly after the claiming drain's leases could have (progress.py)."""
+        return f"{self.prefix}:progress:{lease_token}"
+
+    @property
+    def done(self) -> str:
+        """ZSET of job ids that ended lately, scored by the ms they ended: the change signal that
+        waiting callers (GET /api/jobs/{id}?wait_s=) in any process poll (waiting.py)."""
+        return f"{self.prefix}:done"
+
     @property
     def queues(self) -> str:
         """SET of every queue name that has ever been enqueued to (the drain discovers queues here)."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -30,6 +31,7 @@ TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 QUEUE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 MAX_TIMEOUT_MS = 15 * 60 * 1000  # Vercel's longest function is 800 s; Lambda's 900 s
 MAX_DELAY_DAYS = 365  # how far ahead delay_ms / run_at may schedule a job
+MAX_CALLBACK_URL_CHARS = 2048  # as webhook.deliver's url
 
 # DESIGN.md section 8: names a request may give instead of a number; stored as the number.
 PRIORITY_NAMES: dict[str, int] = {"low": 2, "normal": 5, "high": 7, "urgent": 9}
@@ -134,6 +136,28 @@ class JobRequest(BaseModel):
         description="when a dependency fails or is cancelled: `fail` (the default: this job is cancelled too), "
         "`ignore` (run anyway) or `continue` (run, and the handler sees the failure in ctx.dependencies())",
     )
+    callback_url: str | None = Field(
+        default=None,
+        max_length=MAX_CALLBACK_URL_CHARS,
+        description="when the job ends (completed, failed or cancelled), its final view is POSTed here as a "
+        "signed webhook.deliver job (http or https; private addresses are refused at delivery)",
+    )
+
+    @field_validator("callback_url")
+    @classmethod
+    def _callback_url(cls, value: str | None) -> str | None:
+        # The scheme and host here; the full URL check is webhook.deliver's own payload model
+        # (enqueue.py), and the destination's address is judged at delivery, like any webhook's.
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https"):
+            raise ValueError("callback_url must be an http or https URL")
+        if not parts.hostname:
+            raise ValueError("callback_url has no host")
+        if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+            raise ValueError("callback_url must not contain spaces or control characters")
+        return value
 
     # A field validator rather than a model-level one, so a 422 names `run_at` (delay_ms is
     # declared first, so it is in `info.data` when it was valid).
@@ -204,6 +228,15 @@ class HistoryEntry(BaseModel):
         return handler(schema)
 
 
+class Progress(BaseModel):
+    """A handler's last progress report (`ctx.progress`)."""
+
+    percent: float = Field(ge=0, le=100)
+    message: str | None = None
+    data: Any | None = None
+    updated_at: datetime
+
+
 class JobView(BaseModel):
     """A job as the API answers it (lease internals left out)."""
 
@@ -233,6 +266,13 @@ class JobView(BaseModel):
     )
     schedule_id: str | None = Field(default=None, description="the schedule that made it")
     scheduled_for: datetime | None = Field(default=None, description="the schedule's tick it stands for")
+    progress: Progress | None = Field(
+        default=None, description="the handler's last progress report (live while it runs), or null"
+    )
+    callback_url: str | None = Field(default=None, description="where its final view is POSTed when it ends")
+    created_by: int | None = Field(
+        default=None, description="the job whose handler enqueued it (ctx.enqueue), or that a callback reports on"
+    )
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> JobView:
@@ -240,6 +280,7 @@ class JobView(BaseModel):
         data["group"] = row.get("group_key")
         data["depends_on"] = row.get("depends_on") or []
         data["dependents"] = row.get("dependents") or []
+        data["callback_url"] = (row.get("callback") or {}).get("url")
         if row.get("status") in TERMINAL:
             data["run_at"] = None
         return cls.model_validate(data)

@@ -42,6 +42,8 @@ class JobContext:
     settings: Any = None
     # Reads the dependencies of a job by id (one statement, when the handler asks).
     dependencies_of: Callable[[int], Awaitable[list[dict[str, Any]]]] | None = None
+    clock: Any = None
+    report_progress: Callable[[dict[str, Any]], None] | None = None
 
     @property
     def is_last_attempt(self) -> bool:
@@ -54,6 +56,18 @@ class JobContext:
         if self.dependencies_of is None:
             return []
         return await self.dependencies_of(self.job_id)
+
+    async def progress(self, percent: float, message: str | None = None, data: Any = None) -> None:
+        """Report how far the job has got: `percent` 0-100, an optional short `message` (at most
+        500 characters) and JSON `data` (at most 4 KB). Cheap to call often: the latest value is
+        kept in memory and written to Redis at most once a second (progress.py); the last one is
+        stored with the outcome. A bad value raises InvalidProgress (a ValueError)."""
+        from .clock import Clock
+        from .progress import snapshot
+
+        value = snapshot(self.clock or Clock(), percent, message, data)
+        if self.report_progress is not None:
+            self.report_progress(value)
 
 
 Handler = Callable[[Any, JobContext], Awaitable[Any]]

@@ -91,6 +91,9 @@ class Settings(BaseSettings):
     # overwrites it; True trusts the first X-Forwarded-For (or X-Real-IP) hop; False the peer.
     auth_trust_proxy: bool | None = Field(default=None, validation_alias="JOBQUEUE_AUTH_TRUST_PROXY")
 
+    # How often the dashboard's overview, jobs and job pages refresh themselves (0: never).
+    dashboard_refresh_s: int = Field(default=5, ge=0, le=3600, validation_alias="JOBQUEUE_DASHBOARD_REFRESH_S")
+
     alert_webhook_url: str | None = Field(default=None, validation_alias="ALERT_WEBHOOK_URL", repr=False)
     alert_dlq_threshold: int = Field(default=100, ge=1, validation_alias="ALERT_DLQ_THRESHOLD")
     alert_max_wait_s: int = Field(default=600, ge=1, validation_alias="ALERT_MAX_WAIT_S")

@@ -53,3 +53,6 @@ class Job(SQLModel, table=True):
     pending_deps: int = SQLField(default=0, nullable=False)
     has_dependents: bool = SQLField(default=False, sa_column=Column(Boolean, nullable=False))
     on_dependency_failure: str | None = SQLField(default=None, sa_column=Column(Text, nullable=True))
+    progress: dict[str, Any] | None = SQLField(default=None, sa_column=Column(JSONB, nullable=True))
+    callback: dict[str, Any] | None = SQLField(default=None, sa_column=Column(JSONB, nullable=True))
+    created_by: int | None = SQLField(default=None, sa_column=Column(BigInteger, nullable=True))

@@ -84,6 +84,7 @@ class Job(Model):
     schedule_id: str | None = None
     scheduled_for: datetime | None = None
     progress: Progress | None = None
+    created_by: int | None = None  # the job whose handler enqueued it, or that a callback reports on
 
     @property
     def terminal(self) -> bool:

@@ -5,6 +5,7 @@ failure of a handler is an outcome of its job, not of the drain."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -17,6 +18,7 @@ import orjson
 
 from ..clock import Clock
 from ..errors import JobQueueError, PermanentError, RateLimited, RetryAfter
+from ..progress import ProgressBoard
 from ..registry import JobContext, Registry
 from ..retry import MAX_DELAY_MS, backoff_delay_ms
 from ..validation import NUL_ESCAPE
@@ -38,18 +40,23 @@ class Executor:
         registry: Registry,
         clock: Clock,
         settings: Any,
-        enqueue: Callable[[Any], Awaitable[Any]],
+        enqueue: Callable[..., Awaitable[Any]],
         dependencies: Callable[[int], Awaitable[list[dict[str, Any]]]] | None = None,
+        progress: ProgressBoard | None = None,
     ) -> None:
         self.registry = registry
         self.clock = clock
         self.settings = settings
         self.enqueue = enqueue
         self.dependencies = dependencies
+        self.progress = progress or ProgressBoard(clock)
 
     async def run(self, row: dict[str, Any], token: str, timeout_s: float) -> Outcome:
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
+        jid = row["id"]
+        # The Redis copy outlives the lease a little, then goes by itself (progress.py).
+        self.progress.start(jid, row["attempts"], token, int(timeout_s * 1000) + self.settings.lease_grace_ms + 10_000)
         try:
             jt = self.registry.get(row["type"])
             payload = jt.validate(row["payload"])
@@ -60,9 +67,11 @@ class Executor:
                 attempt=row["attempts"],
                 max_attempts=row["max_attempts"],
                 deadline=loop.time() + timeout_s,
-                enqueue=self.enqueue,
+                enqueue=functools.partial(self.enqueue, created_by=row["id"]),
                 settings=self.settings,
                 dependencies_of=self.dependencies,
+                clock=self.clock,
+                report_progress=functools.partial(self.progress.report, jid),
             )
             # asyncio.timeout, not wait_for: wait_for wraps every job in one more task.
             async with asyncio.timeout(timeout_s):
@@ -90,6 +99,7 @@ class Executor:
             tb = "".join(traceback.format_exception(e, limit=-3))
             out = self._retry_or_fail(row, f"{type(e).__name__}: {e}\n{tb}"[:MAX_ERROR_CHARS], None)
         out.token = token
+        out.progress = self.progress.finish(jid)  # the last report, written with the outcome
         out.duration_ms = int((time.perf_counter() - t0) * 1000)
         log_outcome(row, out.outcome, out.error, out.duration_ms)
         return out

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from ..broker import Broker, Lease
 from ..clock import Clock, from_ms, to_ms
 from ..errors import Unavailable
+from ..progress import ProgressBoard
 from ..store import Store
 from .report import DrainReport
 
@@ -45,7 +46,15 @@ class Held:
 
 class Leases:
     def __init__(
-        self, store: Store, broker: Broker, clock: Clock, report: DrainReport, *, grace_ms: int, heartbeat_ms: int
+        self,
+        store: Store,
+        broker: Broker,
+        clock: Clock,
+        report: DrainReport,
+        *,
+        grace_ms: int,
+        heartbeat_ms: int,
+        progress: ProgressBoard | None = None,
     ) -> None:
         self.store = store
         self.broker = broker
@@ -54,6 +63,7 @@ class Leases:
         self.grace_ms = grace_ms
         self.heartbeat_ms = heartbeat_ms
         self.held: dict[int, Held] = {}
+        self.progress = progress
         self._task: asyncio.Task[None] | None = None
 
     def provisional_ms(self, now_ms: int) -> int:
@@ -101,8 +111,10 @@ class Leases:
                 if h is not None:
                     h.lease_ms = to_ms(r["lease_expires_at"])
         rescore = [(jid, h) for jid, h in self.held.items() if h.score_ms < soon and h.lease_ms > h.score_ms]
-        if rescore:
-            await self.broker.extend(Lease(h.queue, h.member, h.token, h.lease_ms) for _, h in rescore)
+        # Progress reports ride in the same request as the rescore (progress.py).
+        reports = self.progress.due() if self.progress is not None else []
+        if rescore or reports:
+            await self.broker.extend((Lease(h.queue, h.member, h.token, h.lease_ms) for _, h in rescore), reports)
             for _, h in rescore:
                 h.score_ms = h.lease_ms
         if extend or rescore:

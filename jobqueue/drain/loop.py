@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from ..broker import Ack, Claimed
 from ..clock import iso, to_ms
 from ..keys import has_scopes
+from ..progress import ProgressBoard
 from ..reconcile import reconcile, sweep
 from .execute import Executor, log_outcome, released
 from .leases import Held, Leases
@@ -90,10 +91,20 @@ class Drain:
         self.queue_cap = max(1, math.ceil(s.concurrency * s.queue_share))
         self.unclaimed = max_jobs  # jobs this drain may still claim (None: no cap)
         self.report = DrainReport()
-        self.executor = Executor(jq.registry, jq.clock, s, jq.enqueue_from_handler, jq.deps.of)
         self.release_dependents = jq.deps.release
+        self.waiters, self.enqueuer = jq.waiters, jq.enqueuer
+        self.progress = ProgressBoard(jq.clock)
+        self.executor = Executor(
+            jq.registry, jq.clock, s, jq.enqueue_from_handler, dependencies=jq.deps.of, progress=self.progress
+        )
         self.leases = Leases(
-            jq.store, jq.broker, jq.clock, self.report, grace_ms=s.lease_grace_ms, heartbeat_ms=s.heartbeat_ms
+            jq.store,
+            jq.broker,
+            jq.clock,
+            self.report,
+            grace_ms=s.lease_grace_ms,
+            heartbeat_ms=s.heartbeat_ms,
+            progress=self.progress,
         )
         self.members: dict[int, tuple[str, str]] = {}  # held job id -> (queue, member)
         self.running: Counter[str] = Counter()  # slots taken per queue: claimed, not yet finished
@@ -131,6 +142,7 @@ class Drain:
             group_max=self.batch,
             linger_s=self.settings.record_linger_ms / 1000,
             give_up_at=self.deadline + min(2.0, self.settings.budget_margin_s / 2),
+            on_ended=self._ended,
         )
         if self.state.needs_reconcile:
             # A push failed in this process: index what Postgres has and Redis lacks, the rows just
@@ -345,8 +357,11 @@ class Drain:
         to_run: list[dict[str, Any]] = []
         answered: set[int] = set()
         dead: list[int] = []
+        callbacks = [_callback_row(r) for r in rows if r["kind"] == "callback"]
         for r in rows:
             jid = r["id"]
+            if r["kind"] == "callback":
+                continue
             answered.add(jid)
             queue, member = claimed.members[jid]
             if r["kind"] == "run":
@@ -356,6 +371,8 @@ class Drain:
             if r["kind"] == "dead":
                 dead.append(jid)
                 ack.done(queue, member, token)
+                ack.end(jid)
+                self.waiters.notify([jid])
                 self.report.failed += 1
                 self.report.recovered += 1
                 self.report.dead.append(dead_entry(r, r.get("error")))
@@ -382,6 +399,8 @@ class Drain:
                 self.recorder.released += await self.release_dependents(dead)  # type: ignore[union-attr]
             except Exception as e:
                 log.warning("resolving the dependents of %d lost job(s) failed: %s", len(dead), e)
+        if callbacks:
+            await self.enqueuer.dispatch(callbacks)
         # Start in pop order (priority, then FIFO); Postgres returns the rows in no particular order.
         order = {jid: i for i, jid in enumerate(claimed.members)}
         to_run.sort(key=lambda r: order[r["id"]])
@@ -447,9 +466,35 @@ class Drain:
         for queue, _ in list(members):
             self._free_slot(queue)
 
+    async def _ended(self, ended: list[int], callbacks: list[dict[str, Any]]) -> None:
+        """A group's jobs reached a final status: waiters in this process answer now (other
+        processes see the done set the acknowledgement wrote), and completion callbacks are
+        indexed like any new job (a failed push leaves them to reconcile)."""
+        self.waiters.notify(ended)
+        if callbacks:
+            try:
+                await self.enqueuer.dispatch(callbacks)
+            except Exception as e:  # they are in Postgres: the next reconcile indexes them
+                self.state.needs_reconcile = True
+                log.warning("pushing completion callbacks failed: %s", e)
+
     def _recorded(self, job_id: int) -> None:
         self.leases.release(job_id)
         self.members.pop(job_id, None)
 
     async def _reconcile(self, *, full: bool, fresh_s: float | None = None) -> dict[str, int]:
         return await reconcile(self.store, self.broker, self.state, self.clock, full=full, fresh_s=fresh_s)
+
+
+def _callback_row(r: dict[str, Any]) -> dict[str, Any]:
+    """A completion callback the claim statement inserted (its columns ride in the union's slots:
+    see sql/queries.sql `claim`), as dispatch wants it."""
+    return {
+        "id": r["id"],
+        "queue": r["queue"],
+        "priority": r["priority"],
+        "status": r["lease_token"],
+        "created_at": r["created_at"],
+        "run_at": r["run_at"],
+        "limiter": r["type"],
+    }

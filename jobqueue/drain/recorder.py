@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from ..broker import Ack, Broker
 from ..clock import Clock, iso, to_ms
@@ -49,6 +50,7 @@ class Recorder:
         group_max: int,
         linger_s: float,
         give_up_at: float,
+        on_ended: Callable[[list[int], list[dict[str, Any]]], Awaitable[None]] | None = None,
     ) -> None:
         self.store = store
         self.broker = broker
@@ -64,6 +66,9 @@ class Recorder:
         self.group_max = group_max
         self.linger_s = linger_s
         self.give_up_at = give_up_at
+        # Awaited after each group with the jobs that reached a final status and the completion
+        # callbacks the statement inserted: waiters are told, callbacks pushed (drain/loop.py).
+        self._on_ended = on_ended
         self._pending: list[Outcome] = []
         self._acks = Ack(keys)
         self._writing = 0
@@ -129,11 +134,12 @@ class Recorder:
                 return
 
     async def _flush(self, group: list[Outcome], ack: Ack) -> None:
-        written: list[dict[str, object]] = []
+        ended: list[int] = []
+        callbacks: list[dict[str, Any]] = []
+        written: list[dict[str, Any]] = []
         if group:
             try:
                 written = await self._write_retrying(group)
-                holders = {r["id"] for r in written}
             except PostgresUnavailable as e:
                 # Left to their leases: they come back when those run out, and run again.
                 log.error("recording %d outcome(s) failed, Postgres is unavailable: %s", len(group), e.message)
@@ -141,6 +147,8 @@ class Recorder:
                 for o in group:
                     self._on_recorded(o.row["id"])
                 return
+            holders = {r["id"] for r in written if r["kind"] == "job"}
+            callbacks = [r for r in written if r["kind"] == "callback"]
             loop_now = asyncio.get_running_loop().time()
             for o in group:
                 jid = o.row["id"]
@@ -154,6 +162,9 @@ class Recorder:
                     ack.done(queue, member, o.token)
                     continue
                 setattr(self.report, o.outcome, getattr(self.report, o.outcome) + 1)
+                if o.status in ("completed", "failed"):
+                    ended.append(jid)
+                    ack.end(jid)
                 if o.granted_at:
                     self.report.latencies_ms.offer((loop_now - o.granted_at) * 1000)
                 if o.outcome == "failed":
@@ -173,9 +184,11 @@ class Recorder:
             except Exception as e:  # the outcomes are written; a later claim drops the stale leases
                 log.warning("acknowledging outcomes in Redis failed: %s", e)
         if group:
-            await self._resolve_dependents(group, written)
+            await self._resolve_dependents(group, [r for r in written if r["kind"] == "job"])
+        if (ended or callbacks) and self._on_ended is not None:
+            await self._on_ended(ended, callbacks)
 
-    async def _resolve_dependents(self, group: list[Outcome], written: list[dict[str, object]]) -> None:
+    async def _resolve_dependents(self, group: list[Outcome], written: list[dict[str, Any]]) -> None:
         ended = {o.row["id"] for o in group if o.status in ("completed", "failed")}
         ids = [int(str(r["id"])) for r in written if r.get("has_dependents") and r["id"] in ended]
         if not ids or self._on_finished is None:
@@ -185,7 +198,7 @@ class Recorder:
         except Exception as e:  # the outcomes are written; reconcile resolves the edges
             log.warning("resolving the dependents of %d job(s) failed: %s", len(ids), e)
 
-    async def _write_retrying(self, group: list[Outcome]) -> list[dict[str, object]]:
+    async def _write_retrying(self, group: list[Outcome]) -> list[dict[str, Any]]:
         loop = asyncio.get_running_loop()
         delay = FIRST_RETRY_S
         while True:
@@ -198,14 +211,14 @@ class Recorder:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_RETRY_S)
 
-    async def _write_guarded(self, group: list[Outcome]) -> list[dict[str, object]]:
+    async def _write_guarded(self, group: list[Outcome]) -> list[dict[str, Any]]:
         """One statement; should Postgres refuse a value in it, one outcome at a time, so that a
         poisoned outcome fails its own job rather than the group (whose jobs would all run again)."""
         try:
             return await self._write(group)
         except StatementFailed as e:
             log.error("recording a group of outcomes failed (%s); recording them one by one", e.message)
-        written: list[dict[str, object]] = []
+        written: list[dict[str, Any]] = []
         for o in group:
             try:
                 written += await self._write([o])
@@ -216,7 +229,7 @@ class Recorder:
                 o.outcome, o.status, o.error, o.result, o.run_at = "failed", "failed", replacement.error, None, None
         return written
 
-    async def _write(self, batch: list[Outcome]) -> list[dict[str, object]]:
+    async def _write(self, batch: list[Outcome]) -> list[dict[str, Any]]:
         fin = self.clock.now()
         return await self.store.fetch(
             "finish",
@@ -230,4 +243,5 @@ class Recorder:
             [o.token for o in batch],
             fin,
             iso(fin),
+            [o.progress for o in batch],
         )

@@ -87,6 +87,7 @@ class Outcome:
     run_at: datetime | None = None
     duration_ms: int = 0
     granted_at: float = 0.0  # loop time of the grant, for latencies
+    progress: str | None = None  # the handler's last progress report (JSON), kept with the outcome
 
 
 def dead_entry(row: dict[str, Any], error: str | None) -> dict[str, Any]:

@@ -16,6 +16,9 @@
 --      the caller sends the oldest last)
 --   n, then n pairs (deadline ms, lease member) to hand back to their holder
 --   n, then n pairs (until ms, member) to park, their scope (or the whole queue) held until then
+-- Optionally one more key after the queues' (KEYS has 17*n + 1): the done ZSET of jobs that ended
+-- lately, and after the queues' sections: the cutoff ms (older entries are dropped), n, then n job
+-- ids that ended, scored now (waiters poll it). Commands: ZADD + ZREMRANGEBYSCORE.
 -- Returns the number of leases removed. Commands: 1 ZMSCORE + 1 ZREM for the removals, 1 per
 -- section used, 1 HMGET + 1 HSET + 1 HDEL for the scopes whose counts changed, 1 ZADD to wake
 -- them.
@@ -54,7 +57,8 @@ local function section(width)
   return items
 end
 
-for b = 1, #KEYS, 17 do
+local nqueues = math.floor(#KEYS / 17)
+for b = 1, 17 * nqueues, 17 do
   local processing, delayed, inflight = KEYS[b], KEYS[b + 1], KEYS[b + 2]
   local parked, parked_keys, limits, tat = KEYS[b + 3], KEYS[b + 4], KEYS[b + 5], KEYS[b + 6]
   local delta = {}
@@ -169,5 +173,16 @@ for b = 1, #KEYS, 17 do
     if #gone > 0 then redis.call("HDEL", inflight, unpack(gone)) end
   end
   if #woken > 0 then redis.call("ZADD", parked_keys, "XX", "LT", unpack(woken)) end
+end
+if #KEYS > 17 * nqueues then
+  local done = KEYS[#KEYS]
+  local cutoff = ARGV[a]; a = a + 1
+  local ended = section(1)
+  if #ended > 0 then
+    local add = {}
+    for _, id in ipairs(ended) do table.insert(add, now); table.insert(add, id) end
+    redis.call("ZADD", done, unpack(add))
+  end
+  redis.call("ZREMRANGEBYSCORE", done, "-inf", cutoff)
 end
 return removed

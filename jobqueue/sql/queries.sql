@@ -50,6 +50,33 @@ ORDER BY x.n
 ON CONFLICT (queue, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING id, queue, idempotency_key, max_attempts, timeout_ms, backoff::text AS backoff_text;
 
+-- name: insert_jobs_linked
+-- As insert_jobs, for a batch in which some job asks for a completion callback or was enqueued by a
+-- handler (`callback`, `created_by`); every other batch takes insert_jobs, unchanged. Insert many
+-- jobs in one statement from one JSON array ($1, text), in array order ("n"); a repeated
+-- (queue, idempotency_key) inserts nothing. Times are microseconds since the epoch.
+-- $2 dispatched: false for jobs enqueued inside an application's transaction (pushed after it).
+-- An option the document leaves null takes the queue's default (queues.settings.defaults), else
+-- the engine's ($3 max_attempts, $4 timeout_ms, $5 backoff); the row's values are returned.
+INSERT INTO jobs (queue, type, payload, status, priority, max_attempts, backoff, timeout_ms,
+                  idempotency_key, run_at, created_at, dispatched, group_key, limiter, callback, created_by)
+SELECT x.queue, x.type, x.payload, x.status, x.priority,
+       COALESCE(x.max_attempts, (q.settings #>> '{defaults,max_attempts}')::int, $3::int),
+       COALESCE(x.backoff, q.settings #> '{defaults,backoff}', $5::text::jsonb),
+       COALESCE(x.timeout_ms, (q.settings #>> '{defaults,timeout_ms}')::int, $4::int),
+       x.idempotency_key,
+       'epoch'::timestamptz + x.run_at_us * interval '1 microsecond',
+       'epoch'::timestamptz + x.created_us * interval '1 microsecond',
+       $2::boolean, x.group_key, x.limiter, x.callback, x.created_by
+FROM jsonb_to_recordset($1::text::jsonb)
+    AS x(n int, queue text, type text, payload jsonb, status text, priority smallint, max_attempts int,
+         backoff jsonb, timeout_ms int, idempotency_key text, run_at_us bigint, created_us bigint,
+         group_key text, limiter text, callback jsonb, created_by bigint)
+LEFT JOIN queues q ON q.name = x.queue
+ORDER BY x.n
+ON CONFLICT (queue, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+RETURNING id, queue, idempotency_key, max_attempts, timeout_ms, backoff::text AS backoff_text;
+
 -- name: jobs_by_keys
 -- The existing jobs for (queue, idempotency_key) pairs, for enqueues that hit a known key.
 SELECT j.* FROM jobs j
@@ -58,6 +85,21 @@ JOIN unnest($1::text[], $2::text[]) AS k(queue, key) ON j.queue = k.queue AND j.
 -- name: get_job
 -- One job by id.
 SELECT * FROM jobs WHERE id = $1;
+
+-- name: get_job_graph
+-- One job by id with the graph around it ($2 caps each side): the jobs it depends on and its
+-- dependents, each as id, type and status (index lookups on job_deps; empty lists for a job
+-- outside any graph), so a job's view is one statement.
+SELECT j.*,
+    (SELECT COALESCE(jsonb_agg(jsonb_build_object('id', x.id, 'type', x.type, 'status', x.status) ORDER BY x.id),
+                     '[]'::jsonb)
+     FROM (SELECT u.id, u.type, u.status FROM job_deps d JOIN jobs u ON u.id = d.depends_on
+           WHERE d.job_id = j.id ORDER BY u.id LIMIT $2) x) AS depends_on,
+    (SELECT COALESCE(jsonb_agg(jsonb_build_object('id', x.id, 'type', x.type, 'status', x.status) ORDER BY x.id),
+                     '[]'::jsonb)
+     FROM (SELECT u.id, u.type, u.status FROM job_deps d JOIN jobs u ON u.id = d.job_id
+           WHERE d.depends_on = j.id ORDER BY u.id LIMIT $2) x) AS dependents
+FROM jobs j WHERE j.id = $1;
 
 -- name: list_jobs
 -- A page of jobs, newest first, keyset-paged on id: optional $1 queue, $2 type, $3 cursor (ids
@@ -92,7 +134,8 @@ ORDER BY id DESC LIMIT $7;
 -- A lease runs to the job's own timeout plus the grace, capped by the drain's deadline plus the
 -- grace (no job runs past the drain's deadline); the drain's heartbeat extends the leases of the
 -- jobs it still holds, so a live drain's jobs are never recovered and a dead drain's come back
--- within their timeout plus the grace.
+-- within their timeout plus the grace. Kind 'callback' rows are completion callbacks of the dead
+-- rows (type holds the callback's limiter, lease_token its status): the caller pushes them.
 WITH cand AS (
     SELECT id, status, attempts, max_attempts, run_at
     FROM jobs
@@ -116,7 +159,43 @@ dead AS (
                                                                    'error', 'lease expired'))
     FROM cand c
     WHERE j.id = c.id AND c.status = 'processing' AND c.attempts >= c.max_attempts
-    RETURNING j.id, j.queue, j.type, j.attempts, j.error
+    RETURNING j.id, j.queue, j.type, j.attempts, j.error, j.status, j.callback,
+       CASE WHEN j.callback IS NOT NULL THEN
+           jsonb_build_object(
+           'id', j.id, 'queue', j.queue, 'type', j.type, 'payload', j.payload, 'status', j.status,
+           'priority', j.priority, 'attempts', j.attempts, 'max_attempts', j.max_attempts,
+           'backoff', j.backoff, 'timeout_ms', j.timeout_ms, 'idempotency_key', j.idempotency_key,
+           'result', j.result, 'error', j.error, 'history', j.history, 'run_at', NULL,
+           'created_at', to_char(j.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+           'started_at', to_char(j.started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+           'finished_at', to_char(j.finished_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+           'group', j.group_key, 'schedule_id', j.schedule_id,
+           'scheduled_for', to_char(j.scheduled_for AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+           'progress', j.progress, 'callback_url', j.callback ->> 'url', 'created_by', j.created_by,
+           'on_dependency_failure', j.on_dependency_failure,
+           'depends_on', (SELECT COALESCE(jsonb_agg(jsonb_build_object('id', u.id, 'type', u.type, 'status', u.status)
+                                                    ORDER BY u.id), '[]'::jsonb)
+                          FROM job_deps d JOIN jobs u ON u.id = d.depends_on WHERE d.job_id = j.id),
+           'dependents', (SELECT COALESCE(jsonb_agg(jsonb_build_object('id', u.id, 'type', u.type, 'status', u.status)
+                                                    ORDER BY u.id), '[]'::jsonb)
+                          FROM job_deps d JOIN jobs u ON u.id = d.job_id WHERE d.depends_on = j.id))
+       END AS final_view
+),
+callbacks AS (
+    -- Completion callbacks: a signed webhook.deliver job with the final view, for each job that
+    -- ended here and asked for one, in this same statement (so an outcome never lacks its callback).
+    INSERT INTO jobs (queue, type, payload, status, priority, max_attempts, backoff, timeout_ms, run_at,
+                      created_at, group_key, limiter, created_by)
+    SELECT f.callback ->> 'queue', 'webhook.deliver',
+           jsonb_build_object('url', f.callback ->> 'url', 'event', 'job.' || f.status, 'data',
+               f.final_view),
+           'pending', 5, (f.callback ->> 'max_attempts')::int, f.callback -> 'backoff',
+           (f.callback ->> 'timeout_ms')::int, $2::timestamptz, $2::timestamptz, f.callback ->> 'group_key',
+           f.callback ->> 'limiter', f.id
+    FROM dead f
+    WHERE f.callback IS NOT NULL AND f.status IN ('completed', 'failed', 'cancelled')
+    ORDER BY f.id
+    RETURNING id, queue, priority, status, created_at, run_at, limiter
 ),
 run AS (
     UPDATE jobs j SET
@@ -155,7 +234,11 @@ FROM cand WHERE status = 'scheduled' AND run_at > $2
 UNION ALL
 SELECT 'held', id, NULL, NULL, NULL, NULL, NULL, NULL, NULL::text, NULL, NULL, false, NULL, NULL, lease_token,
        lease_expires_at, NULL
-FROM held;
+FROM held
+UNION ALL
+SELECT 'callback', id, queue, limiter, NULL, NULL, NULL, NULL, NULL::text, priority, created_at, false, run_at, NULL,
+       status, NULL, NULL
+FROM callbacks;
 
 -- name: extend_leases
 -- Heartbeat: move the leases a drain still holds to later deadlines (never earlier); only the
@@ -170,13 +253,17 @@ RETURNING j.id, j.lease_expires_at;
 -- $9 now, $10 now as ISO-8601 UTC text (history times do not depend on the session's TimeZone).
 -- outcome "released" (claimed, never started) gives the attempt back and drops its history entry;
 -- "rate_limited" (the handler said slow down) gives the attempt back and keeps its entry.
+-- $11 each job's last progress report (JSON text; null keeps what the row has). Rows of kind 'job'
+-- are the outcomes written; rows of kind 'callback' the completion callbacks inserted (to push).
 WITH o AS (
     SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
-                         $6::text[], $7::int[], $8::text[])
-        AS o(id, status, result, error, run_at, outcome, duration_ms, token)
-)
+                         $6::text[], $7::int[], $8::text[], $11::text[])
+        AS o(id, status, result, error, run_at, outcome, duration_ms, token, progress)
+),
+fin AS (
 UPDATE jobs j SET
     status = o.status,
+    progress = COALESCE(o.progress::jsonb, j.progress),
     result = CASE WHEN o.status = 'completed' THEN o.result::jsonb ELSE j.result END,
     error = CASE WHEN o.outcome IN ('released', 'rate_limited') THEN j.error WHEN o.status = 'completed' THEN NULL
                  ELSE o.error END,
@@ -194,17 +281,102 @@ UPDATE jobs j SET
               END
 FROM o
 WHERE j.id = o.id AND j.status = 'processing' AND j.lease_token = o.token
+-- The final view only for a job with a callback: the others return what they always did.
 -- has_dependents: edges to resolve (resolve_dependencies) once this is committed; the flag is read
 -- from the row as updated, the EXISTS covers edges committed before this statement began.
-RETURNING j.id, (j.has_dependents OR EXISTS (SELECT 1 FROM job_deps d WHERE d.depends_on = j.id AND d.state = 'pending'))
-          AS has_dependents;
+RETURNING j.id, j.status, j.callback,
+       (j.has_dependents OR EXISTS (SELECT 1 FROM job_deps d WHERE d.depends_on = j.id AND d.state = 'pending'))
+           AS has_dependents,
+       CASE WHEN j.callback IS NOT NULL THEN
+           jsonb_build_object(
+           'id', j.id, 'queue', j.queue, 'type', j.type, 'payload', j.payload, 'status', j.status,
+           'priority', j.priority, 'attempts', j.attempts, 'max_attempts', j.max_attempts,
+           'backoff', j.backoff, 'timeout_ms', j.timeout_ms, 'idempotency_key', j.idempotency_key,
+           'result', j.result, 'error', j.error, 'history', j.history, 'run_at', NULL,
+           'created_at', to_char(j.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+           'started_at', to_char(j.started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+           'finished_at', to_char(j.finished_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+           'group', j.group_key, 'schedule_id', j.schedule_id,
+           'scheduled_for', to_char(j.scheduled_for AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+           'progress', j.progress, 'callback_url', j.callback ->> 'url', 'created_by', j.created_by,
+           'on_dependency_failure', j.on_dependency_failure,
+           'depends_on', (SELECT COALESCE(jsonb_agg(jsonb_build_object('id', u.id, 'type', u.type, 'status', u.status)
+                                                    ORDER BY u.id), '[]'::jsonb)
+                          FROM job_deps d JOIN jobs u ON u.id = d.depends_on WHERE d.job_id = j.id),
+           'dependents', (SELECT COALESCE(jsonb_agg(jsonb_build_object('id', u.id, 'type', u.type, 'status', u.status)
+                                                    ORDER BY u.id), '[]'::jsonb)
+                          FROM job_deps d JOIN jobs u ON u.id = d.job_id WHERE d.depends_on = j.id))
+       END AS final_view
+),
+callbacks AS (
+    -- Completion callbacks: a signed webhook.deliver job with the final view, for each job that
+    -- ended here and asked for one, in this same statement (so an outcome never lacks its callback).
+    INSERT INTO jobs (queue, type, payload, status, priority, max_attempts, backoff, timeout_ms, run_at,
+                      created_at, group_key, limiter, created_by)
+    SELECT f.callback ->> 'queue', 'webhook.deliver',
+           jsonb_build_object('url', f.callback ->> 'url', 'event', 'job.' || f.status, 'data',
+               f.final_view),
+           'pending', 5, (f.callback ->> 'max_attempts')::int, f.callback -> 'backoff',
+           (f.callback ->> 'timeout_ms')::int, $9::timestamptz, $9::timestamptz, f.callback ->> 'group_key',
+           f.callback ->> 'limiter', f.id
+    FROM fin f
+    WHERE f.callback IS NOT NULL AND f.status IN ('completed', 'failed', 'cancelled')
+    ORDER BY f.id
+    RETURNING id, queue, priority, status, created_at, run_at, limiter
+)
+SELECT 'job' AS kind, id, NULL::text AS queue, NULL::smallint AS priority, NULL::text AS status,
+       NULL::timestamptz AS created_at, NULL::timestamptz AS run_at, NULL::text AS limiter, has_dependents FROM fin
+UNION ALL
+SELECT 'callback', id, queue, priority, status, created_at, run_at, limiter, false FROM callbacks;
 
 -- name: cancel
 -- Cancel a job that has not started (a waiting one too); a cancelled job's id may stay in Redis:
--- the claim drops it.
-UPDATE jobs SET status = 'cancelled', finished_at = $2::timestamptz, run_at = $2::timestamptz
-WHERE id = $1 AND status IN ('pending', 'scheduled', 'waiting')
-RETURNING *;
+-- the claim drops it. Its completion callback, if it asked for one, is inserted here too (cb_*
+-- columns: to push).
+WITH c AS (
+    UPDATE jobs j SET status = 'cancelled', finished_at = $2::timestamptz, run_at = $2::timestamptz
+    WHERE j.id = $1 AND j.status IN ('pending', 'scheduled', 'waiting')
+    RETURNING j.*,
+       CASE WHEN j.callback IS NOT NULL THEN
+           jsonb_build_object(
+           'id', j.id, 'queue', j.queue, 'type', j.type, 'payload', j.payload, 'status', j.status,
+           'priority', j.priority, 'attempts', j.attempts, 'max_attempts', j.max_attempts,
+           'backoff', j.backoff, 'timeout_ms', j.timeout_ms, 'idempotency_key', j.idempotency_key,
+           'result', j.result, 'error', j.error, 'history', j.history, 'run_at', NULL,
+           'created_at', to_char(j.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+           'started_at', to_char(j.started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+           'finished_at', to_char(j.finished_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+           'group', j.group_key, 'schedule_id', j.schedule_id,
+           'scheduled_for', to_char(j.scheduled_for AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+           'progress', j.progress, 'callback_url', j.callback ->> 'url', 'created_by', j.created_by,
+           'on_dependency_failure', j.on_dependency_failure,
+           'depends_on', (SELECT COALESCE(jsonb_agg(jsonb_build_object('id', u.id, 'type', u.type, 'status', u.status)
+                                                    ORDER BY u.id), '[]'::jsonb)
+                          FROM job_deps d JOIN jobs u ON u.id = d.depends_on WHERE d.job_id = j.id),
+           'dependents', (SELECT COALESCE(jsonb_agg(jsonb_build_object('id', u.id, 'type', u.type, 'status', u.status)
+                                                    ORDER BY u.id), '[]'::jsonb)
+                          FROM job_deps d JOIN jobs u ON u.id = d.job_id WHERE d.depends_on = j.id))
+       END AS final_view
+),
+callbacks AS (
+    -- Completion callbacks: a signed webhook.deliver job with the final view, for each job that
+    -- ended here and asked for one, in this same statement (so an outcome never lacks its callback).
+    INSERT INTO jobs (queue, type, payload, status, priority, max_attempts, backoff, timeout_ms, run_at,
+                      created_at, group_key, limiter, created_by)
+    SELECT f.callback ->> 'queue', 'webhook.deliver',
+           jsonb_build_object('url', f.callback ->> 'url', 'event', 'job.' || f.status, 'data',
+               f.final_view),
+           'pending', 5, (f.callback ->> 'max_attempts')::int, f.callback -> 'backoff',
+           (f.callback ->> 'timeout_ms')::int, $2::timestamptz, $2::timestamptz, f.callback ->> 'group_key',
+           f.callback ->> 'limiter', f.id
+    FROM c f
+    WHERE f.callback IS NOT NULL AND f.status IN ('completed', 'failed', 'cancelled')
+    ORDER BY f.id
+    RETURNING id, queue, priority, status, created_at, run_at, limiter
+)
+SELECT c.*, cb.id AS cb_id, cb.queue AS cb_queue, cb.priority AS cb_priority, cb.status AS cb_status,
+       cb.created_at AS cb_created_at, cb.run_at AS cb_run_at, cb.limiter AS cb_limiter
+FROM c LEFT JOIN callbacks cb ON true;
 
 -- name: rerun
 -- Re-run failed or cancelled jobs with a fresh set of attempts; the history keeps the old ones.

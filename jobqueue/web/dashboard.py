@@ -70,6 +70,11 @@ def page_url(path: str, **params: Any) -> str:
     return f"{path}?{query}" if query else path
 
 
+def refresh_s(jq: Any) -> int | None:
+    """How often a page refreshes itself (dashboard.js), or None (JOBQUEUE_DASHBOARD_REFRESH_S=0)."""
+    return jq.settings.dashboard_refresh_s or None
+
+
 # --- login -------------------------------------------------------------------------------------
 
 
@@ -234,7 +239,9 @@ async def overview(request: Request, session: SessionDep, jq: JQ) -> Response:
     metrics, by_hour = await asyncio.gather(collect(jq), hourly(jq))
     context = overview_context(metrics, by_hour)
     notice = dashboard_actions.notice(request)
-    return render(request, "overview.html", session=session, nav="overview", notice=notice, **context)
+    return render(
+        request, "overview.html", session=session, nav="overview", notice=notice, refresh_s=refresh_s(jq), **context
+    )
 
 
 # --- jobs --------------------------------------------------------------------------------------
@@ -259,6 +266,7 @@ async def jobs(
     # The search matches an id only for 1-18 ASCII digits, and payload text literally (`%` and `_`
     # are not wildcards): see JobQueue.list_jobs.
     rows, last = await jq.list_jobs(status=status, queue=queue, type=type, search=search, limit=limit, cursor=after)
+    rows = await jq.live(rows)  # running jobs' progress, as reported so far
     filters = {"status": status, "queue": queue, "type": type, "search": search}
     size = limit if limit != PAGE_SIZE else None
     return render(
@@ -266,6 +274,7 @@ async def jobs(
         "jobs.html",
         session=session,
         nav="jobs",
+        refresh_s=refresh_s(jq),
         jobs=[JobView.from_row(r) for r in rows],
         filters=filters,
         statuses=STATUSES,
@@ -299,12 +308,13 @@ def attempts_of(view: JobView) -> list[dict[str, Any]]:
 async def job_detail(
     request: Request, session: SessionDep, jq: JQ, job_id: Annotated[int, Path(ge=1, le=MAX_ID)]
 ) -> Response:
-    view = JobView.from_row(await jq.get_with_graph(job_id))
+    view = JobView.from_row(await jq.view(job_id))
     return render(
         request,
         "job.html",
         session=session,
         nav="jobs",
+        refresh_s=refresh_s(jq),
         job=view,
         history=attempts_of(view),
         can_cancel=view.status in ("waiting", "pending", "scheduled"),

@@ -40,9 +40,10 @@ STATIC = HERE / "static"
 STATIC_TYPES = {"dashboard.css": "text/css; charset=utf-8", "dashboard.js": "text/javascript; charset=utf-8"}
 
 # No inline script or style anywhere (charts are SVG attributes, the one script is a file), so the
-# policy can forbid both; forms may only post here; nothing may frame the dashboard.
+# policy can forbid both; the script may fetch only this origin's pages (the auto-refresh); forms
+# may only post here; nothing may frame the dashboard.
 CSP = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
 SECURITY_HEADERS = {
@@ -78,6 +79,7 @@ def render(
     context.setdefault("session", None)
     context.setdefault("nav", "")
     context.setdefault("notice", None)
+    context.setdefault("refresh_s", None)  # pages that refresh themselves (dashboard.js) say how often
     context.setdefault("base", base_path(request))  # every link in a template starts with it
     html = environment().get_template(name).render(**context)
     return HTMLResponse(html, status_code=status_code, headers=headers)

@@ -152,12 +152,23 @@ async def list_jobs(jq: JQ, page: PageDep, status: StatusFilter = None, schedule
         cursor=page.cursor,
         schedule_id=schedule_id,
     )
-    return JobList(jobs=[JobView.from_row(r) for r in rows], next_cursor=encode_cursor(last))
+    return JobList(jobs=[JobView.from_row(r) for r in await jq.live(rows)], next_cursor=encode_cursor(last))
+
+
+WaitS = Annotated[
+    float | None,
+    Query(
+        gt=0,
+        le=25,
+        description="answer as soon as the job is completed, failed or cancelled, or after this many seconds "
+        "(at most 25) with its current view",
+    ),
+]
 
 
 @enqueue_router.get("/{job_id}", response_model=JobView, summary="Get a job", responses=NOT_FOUND)
-async def get_job(job_id: JobId, jq: JQ) -> JobView:
-    return JobView.from_row(await jq.get_with_graph(job_id))
+async def get_job(job_id: JobId, jq: JQ, wait_s: WaitS = None) -> JobView:
+    return JobView.from_row(await jq.view(job_id, wait_s))
 
 
 @router.post(

@@ -75,7 +75,11 @@ def browser_registry(declines: dict[str, bool]) -> Registry:
 
 
 @pytest.fixture
-async def live_server(database_url: str, redis_server: str, prefix: str) -> AsyncIterator[LiveServer]:
+async def live_server(
+    request: pytest.FixtureRequest, database_url: str, redis_server: str, prefix: str
+) -> AsyncIterator[LiveServer]:
+    """The server; `@pytest.mark.parametrize("live_server", [{SETTING: value}], indirect=True)`
+    changes its settings."""
     server_state = LiveServer(url="")
     settings = Settings(
         DATABASE_URL=database_url,
@@ -83,6 +87,7 @@ async def live_server(database_url: str, redis_server: str, prefix: str) -> Asyn
         JOBQUEUE_PREFIX=prefix,
         JOBS_API_TOKEN=API_TOKEN,
         WORKER_SECRET=WORKER_SECRET,
+        **getattr(request, "param", {}),
     )
     app = create_app(settings, registry=browser_registry(server_state.declines))
     if not any(getattr(r, "path", None) == "/dashboard" for r in app.routes):  # unless create_app has it

@@ -138,7 +138,7 @@ async def test_async_client_jobs(app: FastAPI, api_jq: JobQueue) -> None:
             await jobs.cancel(later.id)
         assert (info.value.status_code, info.value.code) == (409, "invalid_state")
 
-        # wait() polls while a drain runs beside it (today's server answers at once: no long poll)
+        # wait() long-polls while a drain runs beside it
         waiting = asyncio.create_task(jobs.wait(one.id, timeout=10))
         assert await drain_soon(api_jq) == 4
         done = await waiting
@@ -230,6 +230,25 @@ async def test_async_client_dlq_queues_metrics_and_health(app: FastAPI, api_jq: 
 
 
 # --- the sync client -------------------------------------------------------------------------------
+
+
+async def test_wait_is_one_long_poll_that_the_server_answers_when_the_job_ends(app: FastAPI, api_jq: JobQueue) -> None:
+    sent: list[str | None] = []
+
+    class Counting(httpx.ASGITransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            sent.append(request.url.params.get("wait_s"))
+            return await super().handle_async_request(request)
+
+    async with AsyncClient(BASE, API_TOKEN, transport=Counting(app=app)) as jobs:
+        job = await jobs.enqueue("echo", {"n": 1}, callback_url="https://callback.invalid/hook")
+        assert job.callback_url == "https://callback.invalid/hook" and job.progress is None and job.created_by is None
+        sent.clear()
+        waiting = asyncio.create_task(jobs.wait(job.id, timeout=60))
+        assert await drain_soon(api_jq, 0.5) == 1
+        done = await waiting
+    assert (done.status, done.result) == ("completed", {"n": 1})
+    assert sent == ["25"]  # one request, held by the server until the job ended
 
 
 async def test_sync_client_over_the_whole_api(app: FastAPI, api_jq: JobQueue) -> None:
