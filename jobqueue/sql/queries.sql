@@ -160,26 +160,7 @@ dead AS (
     FROM cand c
     WHERE j.id = c.id AND c.status = 'processing' AND c.attempts >= c.max_attempts
     RETURNING j.id, j.queue, j.type, j.attempts, j.error, j.status, j.callback,
-       CASE WHEN j.callback IS NOT NULL THEN
-           jsonb_build_object(
-           'id', j.id, 'queue', j.queue, 'type', j.type, 'payload', j.payload, 'status', j.status,
-           'priority', j.priority, 'attempts', j.attempts, 'max_attempts', j.max_attempts,
-           'backoff', j.backoff, 'timeout_ms', j.timeout_ms, 'idempotency_key', j.idempotency_key,
-           'result', j.result, 'error', j.error, 'history', j.history, 'run_at', NULL,
-           'created_at', to_char(j.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-           'started_at', to_char(j.started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-           'finished_at', to_char(j.finished_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-           'group', j.group_key, 'schedule_id', j.schedule_id,
-           'scheduled_for', to_char(j.scheduled_for AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-           'progress', j.progress, 'callback_url', j.callback ->> 'url', 'created_by', j.created_by,
-           'on_dependency_failure', j.on_dependency_failure,
-           'depends_on', (SELECT COALESCE(jsonb_agg(jsonb_build_object('id', u.id, 'type', u.type, 'status', u.status)
-                                                    ORDER BY u.id), '[]'::jsonb)
-                          FROM job_deps d JOIN jobs u ON u.id = d.depends_on WHERE d.job_id = j.id),
-           'dependents', (SELECT COALESCE(jsonb_agg(jsonb_build_object('id', u.id, 'type', u.type, 'status', u.status)
-                                                    ORDER BY u.id), '[]'::jsonb)
-                          FROM job_deps d JOIN jobs u ON u.id = d.job_id WHERE d.depends_on = j.id))
-       END AS final_view
+       CASE WHEN j.callback IS NOT NULL THEN jobqueue_job_view(j) END AS final_view  -- migration 0008
 ),
 callbacks AS (
     -- Completion callbacks: a signed webhook.deliver job with the final view, for each job that
@@ -287,26 +268,7 @@ WHERE j.id = o.id AND j.status = 'processing' AND j.lease_token = o.token
 RETURNING j.id, j.status, j.callback,
        (j.has_dependents OR EXISTS (SELECT 1 FROM job_deps d WHERE d.depends_on = j.id AND d.state = 'pending'))
            AS has_dependents,
-       CASE WHEN j.callback IS NOT NULL THEN
-           jsonb_build_object(
-           'id', j.id, 'queue', j.queue, 'type', j.type, 'payload', j.payload, 'status', j.status,
-           'priority', j.priority, 'attempts', j.attempts, 'max_attempts', j.max_attempts,
-           'backoff', j.backoff, 'timeout_ms', j.timeout_ms, 'idempotency_key', j.idempotency_key,
-           'result', j.result, 'error', j.error, 'history', j.history, 'run_at', NULL,
-           'created_at', to_char(j.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-           'started_at', to_char(j.started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-           'finished_at', to_char(j.finished_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-           'group', j.group_key, 'schedule_id', j.schedule_id,
-           'scheduled_for', to_char(j.scheduled_for AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-           'progress', j.progress, 'callback_url', j.callback ->> 'url', 'created_by', j.created_by,
-           'on_dependency_failure', j.on_dependency_failure,
-           'depends_on', (SELECT COALESCE(jsonb_agg(jsonb_build_object('id', u.id, 'type', u.type, 'status', u.status)
-                                                    ORDER BY u.id), '[]'::jsonb)
-                          FROM job_deps d JOIN jobs u ON u.id = d.depends_on WHERE d.job_id = j.id),
-           'dependents', (SELECT COALESCE(jsonb_agg(jsonb_build_object('id', u.id, 'type', u.type, 'status', u.status)
-                                                    ORDER BY u.id), '[]'::jsonb)
-                          FROM job_deps d JOIN jobs u ON u.id = d.job_id WHERE d.depends_on = j.id))
-       END AS final_view
+       CASE WHEN j.callback IS NOT NULL THEN jobqueue_job_view(j) END AS final_view  -- migration 0008
 ),
 callbacks AS (
     -- Completion callbacks: a signed webhook.deliver job with the final view, for each job that
@@ -337,26 +299,7 @@ WITH c AS (
     UPDATE jobs j SET status = 'cancelled', finished_at = $2::timestamptz, run_at = $2::timestamptz
     WHERE j.id = $1 AND j.status IN ('pending', 'scheduled', 'waiting')
     RETURNING j.*,
-       CASE WHEN j.callback IS NOT NULL THEN
-           jsonb_build_object(
-           'id', j.id, 'queue', j.queue, 'type', j.type, 'payload', j.payload, 'status', j.status,
-           'priority', j.priority, 'attempts', j.attempts, 'max_attempts', j.max_attempts,
-           'backoff', j.backoff, 'timeout_ms', j.timeout_ms, 'idempotency_key', j.idempotency_key,
-           'result', j.result, 'error', j.error, 'history', j.history, 'run_at', NULL,
-           'created_at', to_char(j.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-           'started_at', to_char(j.started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-           'finished_at', to_char(j.finished_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-           'group', j.group_key, 'schedule_id', j.schedule_id,
-           'scheduled_for', to_char(j.scheduled_for AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-           'progress', j.progress, 'callback_url', j.callback ->> 'url', 'created_by', j.created_by,
-           'on_dependency_failure', j.on_dependency_failure,
-           'depends_on', (SELECT COALESCE(jsonb_agg(jsonb_build_object('id', u.id, 'type', u.type, 'status', u.status)
-                                                    ORDER BY u.id), '[]'::jsonb)
-                          FROM job_deps d JOIN jobs u ON u.id = d.depends_on WHERE d.job_id = j.id),
-           'dependents', (SELECT COALESCE(jsonb_agg(jsonb_build_object('id', u.id, 'type', u.type, 'status', u.status)
-                                                    ORDER BY u.id), '[]'::jsonb)
-                          FROM job_deps d JOIN jobs u ON u.id = d.job_id WHERE d.depends_on = j.id))
-       END AS final_view
+       CASE WHEN j.callback IS NOT NULL THEN jobqueue_job_view(j) END AS final_view  -- migration 0008
 ),
 callbacks AS (
     -- Completion callbacks: a signed webhook.deliver job with the final view, for each job that
