@@ -412,6 +412,18 @@ class Broker:
         cmds += self._push_commands(rows)
         await self.redis.pipeline(cmds)
 
+    async def ended(self, job_ids: list[int], now_ms: int) -> None:
+        """Jobs ended outside a drain's acknowledgement (cancelled down a dependency graph): into
+        the done set, so that their waiters in other processes answer. One request."""
+        if not job_ids:
+            return
+        members: list[Any] = []
+        for jid in job_ids:
+            members += [now_ms, jid]
+        await self.redis.pipeline(
+            [["ZADD", self.keys.done, *members], ["ZREMRANGEBYSCORE", self.keys.done, "-inf", now_ms - DONE_WINDOW_MS]]
+        )
+
     async def ping(self) -> None:
         await self.redis.command("PING")
 

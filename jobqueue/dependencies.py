@@ -43,16 +43,19 @@ GRAPH_CAP = 200  # jobs listed on each side of a job's view
 
 
 Push = Callable[[list["Row"]], Awaitable[Any]]
+Ended = Callable[[list[int]], Awaitable[None]]
 
 
 class Dependencies:
     """Resolving and reading dependencies; `push` indexes released jobs (the enqueuer's dispatch:
     a failed push is left to reconcile, as for an enqueue)."""
 
-    def __init__(self, store: Store, clock: Clock, push: Push) -> None:
+    def __init__(self, store: Store, clock: Clock, push: Push, ended: Ended | None = None) -> None:
         self.store = store
         self.clock = clock
         self.push = push
+        # Told of the jobs a resolve cancelled (their waiters answer); their callbacks are pushed.
+        self.ended = ended
 
     async def resolve(self, finished: list[int], settle: list[int] | None = None) -> list[Row]:
         """Record finished jobs' outcomes on their edges (and settle new dependents); the jobs
@@ -62,7 +65,7 @@ class Dependencies:
     async def release(self, finished: list[int]) -> int:
         """After outcomes were recorded (or a job cancelled): resolve, push what became runnable.
         Returns how many did."""
-        return await release(self.store, self.clock, self.push, finished)
+        return await release(self.store, self.clock, self.push, finished, self.ended)
 
     # --- reads ------------------------------------------------------------------------------
 
@@ -99,12 +102,17 @@ async def resolve(store: Store, clock: Clock, finished: list[int], settle: list[
     return list(out.values())
 
 
-async def release(store: Store, clock: Clock, push: Push, finished: list[int]) -> int:
+async def release(store: Store, clock: Clock, push: Push, finished: list[int], ended: Ended | None = None) -> int:
+    """Resolve, then push what became runnable and the callbacks of what was cancelled; returns
+    how many dependents became runnable."""
     rows = await resolve(store, clock, finished, [])
     runnable = [r for r in rows if r["status"] in ("pending", "scheduled")]
     if runnable:
         await push(runnable)
-    return len(runnable)
+    cancelled = [r["id"] for r in rows if r["kind"] == "job" and r["status"] == "cancelled"]
+    if cancelled and ended is not None:
+        await ended(cancelled)
+    return sum(1 for r in runnable if r["kind"] == "job")
 
 
 async def reconcile_waiting(store: Store, clock: Clock, push: Push) -> int:

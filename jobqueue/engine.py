@@ -4,6 +4,7 @@ through the store's named statements and to Redis only through the broker's oper
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
@@ -58,12 +59,19 @@ class JobQueue:
         self.dispatch = DrainState(registry.queues, registry.type_limits())
         self.enqueuer = Enqueuer(store, self.broker, registry, self.settings, self.clock, self.dispatch)
         self.schedules = Schedules(store, self.broker, registry, self.settings, self.clock, self.dispatch)
-        self.deps = Dependencies(store, self.clock, self.enqueuer.dispatch)
-        self.graph_enqueuer = GraphEnqueuer(self.enqueuer, self.deps)
         # Callers waiting for jobs to end (GET /api/jobs/{id}?wait_s=); see waiting.py.
         self.waiters = Waiters(self.broker)
+        self.deps = Dependencies(store, self.clock, self.enqueuer.dispatch, ended=self._cascaded)
+        self.graph_enqueuer = GraphEnqueuer(self.enqueuer, self.deps)
         # Awaited after every drain with (engine, report): housekeeping, alerts. See drain/loop.py.
         self.drain_hooks: list[Callable[[JobQueue, DrainReport], Awaitable[None]]] = []
+
+    async def _cascaded(self, job_ids: list[int]) -> None:
+        """Dependents cancelled down a graph: their waiters answer, here and elsewhere."""
+        self.waiters.notify(job_ids)
+        # Without Redis, a waiter elsewhere answers at its timeout, with the view.
+        with contextlib.suppress(RedisUnavailable):
+            await self.broker.ended(job_ids, self.clock.ms())
 
     @classmethod
     def from_settings(

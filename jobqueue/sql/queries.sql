@@ -696,7 +696,7 @@ WITH x AS (
     SELECT * FROM jsonb_to_recordset($1::text::jsonb)
         AS x(n int, queue text, type text, payload jsonb, status text, priority smallint, max_attempts int,
              backoff jsonb, timeout_ms int, idempotency_key text, run_at_us bigint, created_us bigint,
-             group_key text, limiter text, policy text, upstream boolean)
+             group_key text, limiter text, policy text, upstream boolean, callback jsonb, created_by bigint)
 ),
 e AS (SELECT * FROM unnest($5::int[], $6::bigint[], $7::int[]) AS e(n, up_id, up_n)),
 missing AS (
@@ -722,7 +722,7 @@ waits AS (
 ins AS (
     INSERT INTO jobs (id, queue, type, payload, status, priority, max_attempts, backoff, timeout_ms,
                       idempotency_key, run_at, created_at, dispatched, group_key, limiter, pending_deps,
-                      has_dependents, on_dependency_failure)
+                      has_dependents, on_dependency_failure, callback, created_by)
     OVERRIDING SYSTEM VALUE
     SELECT ids.id[x.n + 1], x.queue, x.type, x.payload, CASE WHEN w.k[x.n + 1] > 0 THEN 'waiting' ELSE x.status END,
            x.priority,
@@ -732,7 +732,8 @@ ins AS (
            x.idempotency_key,
            'epoch'::timestamptz + x.run_at_us * interval '1 microsecond',
            'epoch'::timestamptz + x.created_us * interval '1 microsecond',
-           true, x.group_key, x.limiter, w.k[x.n + 1], COALESCE(x.upstream, false), x.policy
+           true, x.group_key, x.limiter, w.k[x.n + 1], COALESCE(x.upstream, false), x.policy, x.callback,
+           x.created_by
     FROM x CROSS JOIN ids CROSS JOIN waits w LEFT JOIN queues q ON q.name = x.queue
     WHERE ids.id IS NOT NULL
     ORDER BY x.n
@@ -766,7 +767,8 @@ SELECT 'missing', id, NULL, NULL, NULL, NULL, NULL FROM missing;
 -- `again` says to settle once more with a fresh snapshot. A CTE is only ever joined to a table
 -- (by its index), never to another CTE: the planner cannot see their sizes, and a nested loop
 -- over two of 10,000 rows each would take seconds. Returns the jobs changed (what the push to
--- Redis needs, whether they have dependents of their own, and the error of the cancelled).
+-- Redis needs, whether they have dependents of their own, and the error of the cancelled), and
+-- the completion callbacks of the cancelled (kind 'callback', pending: pushed with the released).
 WITH RECURSIVE
 up AS (
     SELECT unnest($1::bigint[]) AS id
@@ -835,11 +837,29 @@ moved AS (
     FROM dependents l
     WHERE j.id = l.id AND j.status = 'waiting'
     RETURNING j.id, j.queue, j.priority, j.status, j.created_at, j.run_at, j.lease_expires_at, j.limiter,
-              j.has_dependents, j.error
+              j.has_dependents, j.error, j.callback,
+              CASE WHEN j.callback IS NOT NULL AND j.status = 'cancelled' THEN jobqueue_job_view(j) END AS final_view
+),
+callbacks AS (
+    -- The completion callbacks of the dependents cancelled here, as `finish` and `cancel` insert
+    -- theirs: in the statement that ends the job, so a cascade never loses one.
+    INSERT INTO jobs (queue, type, payload, status, priority, max_attempts, backoff, timeout_ms, run_at,
+                      created_at, group_key, limiter, created_by)
+    SELECT m.callback ->> 'queue', 'webhook.deliver',
+           jsonb_build_object('url', m.callback ->> 'url', 'event', 'job.cancelled', 'data', m.final_view),
+           'pending', 5, (m.callback ->> 'max_attempts')::int, m.callback -> 'backoff',
+           (m.callback ->> 'timeout_ms')::int, $3::timestamptz, $3::timestamptz, m.callback ->> 'group_key',
+           m.callback ->> 'limiter', m.id
+    FROM moved m
+    WHERE m.final_view IS NOT NULL
+    ORDER BY m.id
+    RETURNING id, queue, priority, status, created_at, run_at, limiter
 )
 SELECT 'job' AS kind, id, queue, priority, status, created_at, run_at, lease_expires_at, limiter, has_dependents,
        error
 FROM moved
+UNION ALL
+SELECT 'callback', id, queue, priority, status, created_at, run_at, NULL, limiter, false, NULL FROM callbacks
 UNION ALL
 SELECT 'again', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
 WHERE (SELECT count(*) FROM running) <> (SELECT count(*) FROM marked);

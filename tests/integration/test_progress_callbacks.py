@@ -406,3 +406,46 @@ async def test_a_beat_writes_a_claims_reports_in_two_commands_whatever_their_num
     clock.advance(500)
     assert [(t, [j for j, _ in r]) for t, r, _ in board.due()] == [("tok-a", [1])]
     assert board.finish(1) is not None and board.finish(1) is None
+
+
+async def test_callbacks_of_a_graph_the_cascade_cancels_and_the_jobs_that_run(
+    make_jq: MakeJQ, registry: Registry, receiver: Receiver
+) -> None:
+    """A failed root: its `fail` dependents are cancelled down the graph, each with its callback
+    (created in the statement that cancels it), and its `ignore` dependent runs and reports."""
+
+    @registry.job("boom")
+    async def boom(payload: dict[str, Any], ctx: JobContext) -> None:
+        raise PermanentError("root broke")
+
+    jq = make_jq(WEBHOOK_ALLOW_PRIVATE_NETWORKS=True, WEBHOOK_SIGNING_SECRET=SECRET)
+    url = receiver.url("/graph")
+    made = await jq.enqueue_many(
+        [
+            {"type": "boom"},
+            {"type": "echo", "depends_on": [{"index": 0}], "callback_url": url},
+            {"type": "echo", "depends_on": [{"index": 1}], "callback_url": url},
+            {"type": "echo", "depends_on": [{"index": 0}], "on_dependency_failure": "ignore", "callback_url": url},
+        ]
+    )
+    root, child, grandchild, tolerant = (r["id"] for r, _ in made)
+    assert [r["status"] for r, _ in made] == ["pending", "waiting", "waiting", "waiting"]
+    waiting = asyncio.create_task(jq.view(grandchild, 10))  # answered by the cascade, not the timeout
+    for _ in range(6):
+        await jq.drain(5)
+        if len(receiver.requests) >= 3:
+            break
+    got = {}
+    for req in receiver.requests:
+        headers = {k: req.header(k) or "" for k in ("webhook-id", "webhook-timestamp", "webhook-signature")}
+        body = Webhook(SECRET).verify(req.body, headers)
+        got[body["data"]["id"]] = (body["type"], body["data"]["status"], body["data"]["error"])
+    assert got == {
+        child: ("job.cancelled", "cancelled", f"dependency {root} failed"),
+        grandchild: ("job.cancelled", "cancelled", f"dependency {child} was cancelled"),
+        tolerant: ("job.completed", "completed", None),
+    }
+    assert (await asyncio.wait_for(waiting, 2))["status"] == "cancelled"
+    # Each callback names the job it reports on.
+    callbacks = [r for r in (await jq.list_jobs(type="webhook.deliver"))[0]]
+    assert sorted(r["created_by"] for r in callbacks) == sorted([child, grandchild, tolerant])
