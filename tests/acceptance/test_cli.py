@@ -122,7 +122,7 @@ async def test_list_cancel_retry(database_url: str, redis_server: str, prefix: s
     cancelled = _cli(env, "cancel", str(ids[2]))
     assert (cancelled["id"], cancelled["status"]) == (ids[2], "cancelled")
     assert [j["id"] for j in _cli(env, "list", "--status", "cancelled")["jobs"]] == [ids[2]]
-    assert "only pending or scheduled jobs can be cancelled" in _cli_error(env, "cancel", str(ids[2]))
+    assert "only waiting, pending or scheduled jobs can be cancelled" in _cli_error(env, "cancel", str(ids[2]))
     assert "only failed or cancelled jobs can be retried" in _cli_error(env, "retry", str(ids[0]))
     retried = _cli(env, "retry", str(ids[2]))
     assert (retried["status"], retried["attempts"]) == ("pending", 0)

@@ -334,3 +334,41 @@ async def test_jobs_without_dependencies_keep_their_cost_and_a_batch_releasing_d
     # Postgres: the children's group costs grant + record + one release; the parent's grant +
     # record. Redis: claim, the empty claim, ack, the parent's push; claim, the empty claim, ack.
     assert cost == (7, 5)
+
+
+async def test_a_keyed_graph_enqueued_twice_answers_the_same_jobs_and_adds_no_edges(jq: JobQueue, log: Log) -> None:
+    graph = [step("a", idempotency_key="a"), step("b", idempotency_key="b", depends_on=[{"index": 0}])]
+    first = await jq.enqueue_many(graph)
+    again = await jq.enqueue_many(graph)
+    assert [created for _, created in first] == [True, True]
+    assert [created for _, created in again] == [False, False]
+    assert [r["id"] for r, _ in again] == [r["id"] for r, _ in first]
+    a, b = (r["id"] for r, _ in first)
+    # a new job naming the keyed one by index depends on the job that holds the key
+    more = await jq.enqueue_many([step("a", idempotency_key="a"), step("c", depends_on=[{"index": 0}])])
+    assert more[0] == (more[0][0], False) and more[0][0]["id"] == a
+    assert [d["id"] for d in (await jq.get_with_graph(more[1][0]["id"]))["depends_on"]] == [a]
+    await drain_all(jq)
+    assert log.runs == Counter({a: 1, b: 1, more[1][0]["id"]: 1})
+
+
+async def test_a_dependency_lost_on_its_last_attempt_cancels_its_dependents(
+    jq: JobQueue, registry: Registry, clock: FakeClock
+) -> None:
+    class Killed(BaseException):
+        """The worker dies mid-job: nothing after it runs, the lease is left to expire."""
+
+    @registry.job("dies", max_attempts=1, timeout_ms=1000)
+    async def dies(payload: dict[str, Any], ctx: JobContext) -> None:
+        raise Killed
+
+    rows = await jq.enqueue_many(
+        [{"type": "dies", "payload": {}}, {"type": "echo", "payload": {}, "depends_on": [{"index": 0}]}]
+    )
+    up, down = (r["id"] for r, _ in rows)
+    with pytest.raises(Killed):
+        await jq.drain(5)
+    clock.advance(seconds=120)  # past the lease: the next claim fails the job (its last attempt)
+    await jq.drain(5)
+    assert await status_of(jq, up, down) == ["failed", "cancelled"]
+    assert (await jq.get(down))["error"] == f"dependency {up} failed"
