@@ -372,3 +372,24 @@ async def test_a_dependency_lost_on_its_last_attempt_cancels_its_dependents(
     await jq.drain(5)
     assert await status_of(jq, up, down) == ["failed", "cancelled"]
     assert (await jq.get(down))["error"] == f"dependency {up} failed"
+
+
+async def test_a_cancel_racing_the_insert_of_a_dependent_never_leaves_it_waiting(make_jq: Any, log: Log) -> None:
+    """The cancel path's lost wakeup: a dependency cancelled while its dependent is being inserted
+    (two engines, two pools): the dependent always ends cancelled, never waiting."""
+    a: JobQueue = make_jq()
+    b: JobQueue = make_jq()
+
+    async def later(delay_s: float, coro: Any) -> Any:
+        await asyncio.sleep(delay_s)
+        return await coro
+
+    for i in range(40):
+        up, _ = await a.enqueue(step(f"up{i}", delay_ms=60_000))
+        skew = 0.0005 * (i % 5)
+        (down, _), _ = await asyncio.gather(
+            later(skew if i % 2 else 0, b.enqueue(step(f"down{i}", depends_on=[up["id"]]))),
+            later(0 if i % 2 else skew, a.cancel(up["id"])),
+        )
+        got = await a.get(down["id"])
+        assert (got["status"], got["error"]) == ("cancelled", f"dependency {up['id']} was cancelled"), i
