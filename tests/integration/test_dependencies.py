@@ -334,3 +334,62 @@ async def test_jobs_without_dependencies_keep_their_cost_and_a_batch_releasing_d
     # Postgres: the children's group costs grant + record + one release; the parent's grant +
     # record. Redis: claim, the empty claim, ack, the parent's push; claim, the empty claim, ack.
     assert cost == (7, 5)
+
+
+async def test_a_keyed_graph_enqueued_twice_answers_the_same_jobs_and_adds_no_edges(jq: JobQueue, log: Log) -> None:
+    graph = [step("a", idempotency_key="a"), step("b", idempotency_key="b", depends_on=[{"index": 0}])]
+    first = await jq.enqueue_many(graph)
+    again = await jq.enqueue_many(graph)
+    assert [created for _, created in first] == [True, True]
+    assert [created for _, created in again] == [False, False]
+    assert [r["id"] for r, _ in again] == [r["id"] for r, _ in first]
+    a, b = (r["id"] for r, _ in first)
+    # a new job naming the keyed one by index depends on the job that holds the key
+    more = await jq.enqueue_many([step("a", idempotency_key="a"), step("c", depends_on=[{"index": 0}])])
+    assert more[0] == (more[0][0], False) and more[0][0]["id"] == a
+    assert [d["id"] for d in (await jq.get_with_graph(more[1][0]["id"]))["depends_on"]] == [a]
+    await drain_all(jq)
+    assert log.runs == Counter({a: 1, b: 1, more[1][0]["id"]: 1})
+
+
+async def test_a_dependency_lost_on_its_last_attempt_cancels_its_dependents(
+    jq: JobQueue, registry: Registry, clock: FakeClock
+) -> None:
+    class Killed(BaseException):
+        """The worker dies mid-job: nothing after it runs, the lease is left to expire."""
+
+    @registry.job("dies", max_attempts=1, timeout_ms=1000)
+    async def dies(payload: dict[str, Any], ctx: JobContext) -> None:
+        raise Killed
+
+    rows = await jq.enqueue_many(
+        [{"type": "dies", "payload": {}}, {"type": "echo", "payload": {}, "depends_on": [{"index": 0}]}]
+    )
+    up, down = (r["id"] for r, _ in rows)
+    with pytest.raises(Killed):
+        await jq.drain(5)
+    clock.advance(seconds=120)  # past the lease: the next claim fails the job (its last attempt)
+    await jq.drain(5)
+    assert await status_of(jq, up, down) == ["failed", "cancelled"]
+    assert (await jq.get(down))["error"] == f"dependency {up} failed"
+
+
+async def test_a_cancel_racing_the_insert_of_a_dependent_never_leaves_it_waiting(make_jq: Any, log: Log) -> None:
+    """The cancel path's lost wakeup: a dependency cancelled while its dependent is being inserted
+    (two engines, two pools): the dependent always ends cancelled, never waiting."""
+    a: JobQueue = make_jq()
+    b: JobQueue = make_jq()
+
+    async def later(delay_s: float, coro: Any) -> Any:
+        await asyncio.sleep(delay_s)
+        return await coro
+
+    for i in range(40):
+        up, _ = await a.enqueue(step(f"up{i}", delay_ms=60_000))
+        skew = 0.0005 * (i % 5)
+        (down, _), _ = await asyncio.gather(
+            later(skew if i % 2 else 0, b.enqueue(step(f"down{i}", depends_on=[up["id"]]))),
+            later(0 if i % 2 else skew, a.cancel(up["id"])),
+        )
+        got = await a.get(down["id"])
+        assert (got["status"], got["error"]) == ("cancelled", f"dependency {up['id']} was cancelled"), i

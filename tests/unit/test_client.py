@@ -181,6 +181,21 @@ def test_enqueue_bodies_leave_out_what_was_not_given() -> None:
         _api.enqueue_many([{"type": "echo"}, {"payload": {}}])
 
 
+def test_a_flow_is_one_batch_with_the_parent_last_depending_on_every_child() -> None:
+    call = _api.flow({"type": "report", "depends_on": [7]}, [{"type": "shard", "payload": {"n": i}} for i in range(3)])
+    assert (call.method, call.path) == ("POST", "/api/jobs/batch")
+    assert call.body == {
+        "jobs": [
+            {"type": "shard", "payload": {"n": 0}},
+            {"type": "shard", "payload": {"n": 1}},
+            {"type": "shard", "payload": {"n": 2}},
+            {"type": "report", "payload": {}, "depends_on": [7, {"index": 0}, {"index": 1}, {"index": 2}]},
+        ]
+    }
+    with pytest.raises(ValueError, match="1 to 999 children"):
+        _api.flow({"type": "report"}, [])
+
+
 def test_replay_refuses_nothing_and_both() -> None:
     with pytest.raises(ValueError, match="give ids, or a queue"):
         _api.replay_dlq()
