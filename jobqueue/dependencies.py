@@ -73,13 +73,6 @@ class Dependencies:
         """`ctx.dependencies()`: id, type, status, result and error of each dependency."""
         return await self.store.fetch("job_dependencies", job_id)
 
-    async def graph(self, job_id: int, cap: int = GRAPH_CAP) -> tuple[list[Row], list[Row]]:
-        """(depends_on, dependents) around a job, each as id, type, status."""
-        rows = await self.store.fetch("job_graph", job_id, cap)
-        up = [{"id": r["id"], "type": r["type"], "status": r["status"]} for r in rows if r["kind"] == "up"]
-        down = [{"id": r["id"], "type": r["type"], "status": r["status"]} for r in rows if r["kind"] == "down"]
-        return up, down
-
 
 async def resolve(store: Store, clock: Clock, finished: list[int], settle: list[int]) -> list[Row]:
     out: dict[int, Row] = {}

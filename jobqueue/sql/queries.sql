@@ -870,15 +870,6 @@ WHERE (SELECT count(*) FROM running) <> (SELECT count(*) FROM marked);
 SELECT j.id, j.type, j.status, j.result, j.error FROM job_deps d JOIN jobs j ON j.id = d.depends_on
 WHERE d.job_id = $1 ORDER BY j.id;
 
--- name: job_graph
--- The graph around a job, for its view and the dashboard: its dependencies (kind 'up') and its
--- dependents (kind 'down'), each with type and status; $2 caps each side.
-(SELECT 'up' AS kind, j.id, j.type, j.status, d.state FROM job_deps d JOIN jobs j ON j.id = d.depends_on
- WHERE d.job_id = $1 ORDER BY j.id LIMIT $2)
-UNION ALL
-(SELECT 'down', j.id, j.type, j.status, d.state FROM job_deps d JOIN jobs j ON j.id = d.job_id
- WHERE d.depends_on = $1 ORDER BY j.id LIMIT $2);
-
 -- name: stuck_dependencies
 -- Reconcile's liveness net: up to $1 finished jobs that waiting jobs still wait on (an outcome
 -- recorded by a drain that died before resolving its edges), for resolve_dependencies.
