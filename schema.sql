@@ -138,7 +138,7 @@ CREATE INDEX IF NOT EXISTS job_deps_upstream ON job_deps (depends_on);
 -- reconcile's liveness net over waiting jobs
 CREATE INDEX IF NOT EXISTS jobs_waiting ON jobs (id) WHERE status = 'waiting';
 
--- a job's view as JSON (0008), for the completion callbacks the outcome statements insert
+-- completion callbacks (0008): a job's view as JSON, and the insert of the callback jobs
 CREATE OR REPLACE FUNCTION jobqueue_job_view(j jobs) RETURNS jsonb
 LANGUAGE sql STABLE AS $$
 SELECT jsonb_build_object(
@@ -159,4 +159,25 @@ SELECT jsonb_build_object(
     'dependents', (SELECT COALESCE(jsonb_agg(jsonb_build_object('id', u.id, 'type', u.type, 'status', u.status)
                                              ORDER BY u.id), '[]'::jsonb)
                    FROM job_deps d JOIN jobs u ON u.id = d.job_id WHERE d.depends_on = j.id))
+$$;
+
+-- The completion callbacks of jobs that have just ended, inserted by the statement that ends them
+-- (a CTE: `SELECT * FROM jobqueue_insert_callbacks(...)`): `ended` is a JSON array of
+-- {id, status, callback (the jobs.callback column), view (its final view, built in that
+-- statement's RETURNING so that it shows the row as written)}; each becomes a pending, signed
+-- webhook.deliver job to the callback's URL, created by the job it reports on. Returns what the
+-- push to Redis needs.
+CREATE OR REPLACE FUNCTION jobqueue_insert_callbacks(ended jsonb, at timestamptz)
+RETURNS TABLE (id bigint, queue text, priority smallint, status text, created_at timestamptz,
+               run_at timestamptz, limiter text)
+LANGUAGE sql VOLATILE AS $$
+INSERT INTO jobs (queue, type, payload, status, priority, max_attempts, backoff, timeout_ms, run_at, created_at,
+                  group_key, limiter, created_by)
+SELECT e.callback ->> 'queue', 'webhook.deliver',
+       jsonb_build_object('url', e.callback ->> 'url', 'event', 'job.' || e.status, 'data', e.view),
+       'pending', 5, (e.callback ->> 'max_attempts')::int, e.callback -> 'backoff',
+       (e.callback ->> 'timeout_ms')::int, at, at, e.callback ->> 'group_key', e.callback ->> 'limiter', e.id
+FROM jsonb_to_recordset(COALESCE(ended, '[]'::jsonb)) AS e(id bigint, status text, callback jsonb, view jsonb)
+ORDER BY e.id
+RETURNING jobs.id, jobs.queue, jobs.priority, jobs.status, jobs.created_at, jobs.run_at, jobs.limiter
 $$;

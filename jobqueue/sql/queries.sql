@@ -163,20 +163,12 @@ dead AS (
        CASE WHEN j.callback IS NOT NULL THEN jobqueue_job_view(j) END AS final_view  -- migration 0008
 ),
 callbacks AS (
-    -- Completion callbacks: a signed webhook.deliver job with the final view, for each job that
-    -- ended here and asked for one, in this same statement (so an outcome never lacks its callback).
-    INSERT INTO jobs (queue, type, payload, status, priority, max_attempts, backoff, timeout_ms, run_at,
-                      created_at, group_key, limiter, created_by)
-    SELECT f.callback ->> 'queue', 'webhook.deliver',
-           jsonb_build_object('url', f.callback ->> 'url', 'event', 'job.' || f.status, 'data',
-               f.final_view),
-           'pending', 5, (f.callback ->> 'max_attempts')::int, f.callback -> 'backoff',
-           (f.callback ->> 'timeout_ms')::int, $2::timestamptz, $2::timestamptz, f.callback ->> 'group_key',
-           f.callback ->> 'limiter', f.id
-    FROM dead f
-    WHERE f.callback IS NOT NULL AND f.status IN ('completed', 'failed', 'cancelled')
-    ORDER BY f.id
-    RETURNING id, queue, priority, status, created_at, run_at, limiter
+    -- The completion callbacks of the jobs that ended here (migration 0008), in this same
+    -- statement: an outcome never lacks its callback.
+    SELECT * FROM jobqueue_insert_callbacks(
+        (SELECT jsonb_agg(jsonb_build_object('id', f.id, 'status', f.status, 'callback', f.callback,
+                                             'view', f.final_view))
+         FROM dead f WHERE f.callback IS NOT NULL AND f.status IN ('completed', 'failed', 'cancelled')), $2::timestamptz)
 ),
 run AS (
     UPDATE jobs j SET
@@ -271,20 +263,12 @@ RETURNING j.id, j.status, j.callback,
        CASE WHEN j.callback IS NOT NULL THEN jobqueue_job_view(j) END AS final_view  -- migration 0008
 ),
 callbacks AS (
-    -- Completion callbacks: a signed webhook.deliver job with the final view, for each job that
-    -- ended here and asked for one, in this same statement (so an outcome never lacks its callback).
-    INSERT INTO jobs (queue, type, payload, status, priority, max_attempts, backoff, timeout_ms, run_at,
-                      created_at, group_key, limiter, created_by)
-    SELECT f.callback ->> 'queue', 'webhook.deliver',
-           jsonb_build_object('url', f.callback ->> 'url', 'event', 'job.' || f.status, 'data',
-               f.final_view),
-           'pending', 5, (f.callback ->> 'max_attempts')::int, f.callback -> 'backoff',
-           (f.callback ->> 'timeout_ms')::int, $9::timestamptz, $9::timestamptz, f.callback ->> 'group_key',
-           f.callback ->> 'limiter', f.id
-    FROM fin f
-    WHERE f.callback IS NOT NULL AND f.status IN ('completed', 'failed', 'cancelled')
-    ORDER BY f.id
-    RETURNING id, queue, priority, status, created_at, run_at, limiter
+    -- The completion callbacks of the jobs that ended here (migration 0008), in this same
+    -- statement: an outcome never lacks its callback.
+    SELECT * FROM jobqueue_insert_callbacks(
+        (SELECT jsonb_agg(jsonb_build_object('id', f.id, 'status', f.status, 'callback', f.callback,
+                                             'view', f.final_view))
+         FROM fin f WHERE f.callback IS NOT NULL AND f.status IN ('completed', 'failed', 'cancelled')), $9::timestamptz)
 )
 SELECT 'job' AS kind, id, NULL::text AS queue, NULL::smallint AS priority, NULL::text AS status,
        NULL::timestamptz AS created_at, NULL::timestamptz AS run_at, NULL::text AS limiter, has_dependents FROM fin
@@ -302,20 +286,12 @@ WITH c AS (
        CASE WHEN j.callback IS NOT NULL THEN jobqueue_job_view(j) END AS final_view  -- migration 0008
 ),
 callbacks AS (
-    -- Completion callbacks: a signed webhook.deliver job with the final view, for each job that
-    -- ended here and asked for one, in this same statement (so an outcome never lacks its callback).
-    INSERT INTO jobs (queue, type, payload, status, priority, max_attempts, backoff, timeout_ms, run_at,
-                      created_at, group_key, limiter, created_by)
-    SELECT f.callback ->> 'queue', 'webhook.deliver',
-           jsonb_build_object('url', f.callback ->> 'url', 'event', 'job.' || f.status, 'data',
-               f.final_view),
-           'pending', 5, (f.callback ->> 'max_attempts')::int, f.callback -> 'backoff',
-           (f.callback ->> 'timeout_ms')::int, $2::timestamptz, $2::timestamptz, f.callback ->> 'group_key',
-           f.callback ->> 'limiter', f.id
-    FROM c f
-    WHERE f.callback IS NOT NULL AND f.status IN ('completed', 'failed', 'cancelled')
-    ORDER BY f.id
-    RETURNING id, queue, priority, status, created_at, run_at, limiter
+    -- The completion callbacks of the jobs that ended here (migration 0008), in this same
+    -- statement: an outcome never lacks its callback.
+    SELECT * FROM jobqueue_insert_callbacks(
+        (SELECT jsonb_agg(jsonb_build_object('id', f.id, 'status', f.status, 'callback', f.callback,
+                                             'view', f.final_view))
+         FROM c f WHERE f.callback IS NOT NULL AND f.status IN ('completed', 'failed', 'cancelled')), $2::timestamptz)
 )
 SELECT c.*, cb.id AS cb_id, cb.queue AS cb_queue, cb.priority AS cb_priority, cb.status AS cb_status,
        cb.created_at AS cb_created_at, cb.run_at AS cb_run_at, cb.limiter AS cb_limiter
@@ -841,19 +817,12 @@ moved AS (
               CASE WHEN j.callback IS NOT NULL AND j.status = 'cancelled' THEN jobqueue_job_view(j) END AS final_view
 ),
 callbacks AS (
-    -- The completion callbacks of the dependents cancelled here, as `finish` and `cancel` insert
-    -- theirs: in the statement that ends the job, so a cascade never loses one.
-    INSERT INTO jobs (queue, type, payload, status, priority, max_attempts, backoff, timeout_ms, run_at,
-                      created_at, group_key, limiter, created_by)
-    SELECT m.callback ->> 'queue', 'webhook.deliver',
-           jsonb_build_object('url', m.callback ->> 'url', 'event', 'job.cancelled', 'data', m.final_view),
-           'pending', 5, (m.callback ->> 'max_attempts')::int, m.callback -> 'backoff',
-           (m.callback ->> 'timeout_ms')::int, $3::timestamptz, $3::timestamptz, m.callback ->> 'group_key',
-           m.callback ->> 'limiter', m.id
-    FROM moved m
-    WHERE m.final_view IS NOT NULL
-    ORDER BY m.id
-    RETURNING id, queue, priority, status, created_at, run_at, limiter
+    -- The completion callbacks of the jobs that ended here (migration 0008), in this same
+    -- statement: an outcome never lacks its callback.
+    SELECT * FROM jobqueue_insert_callbacks(
+        (SELECT jsonb_agg(jsonb_build_object('id', m.id, 'status', 'cancelled', 'callback', m.callback,
+                                             'view', m.final_view))
+         FROM moved m WHERE m.final_view IS NOT NULL), $3::timestamptz)
 )
 SELECT 'job' AS kind, id, queue, priority, status, created_at, run_at, lease_expires_at, limiter, has_dependents,
        error
