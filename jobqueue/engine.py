@@ -129,7 +129,7 @@ class JobQueue:
         and one Redis request for the lot. `connection`/`session` as for `enqueue`."""
         if len(reqs) > MAX_BATCH:
             raise InvalidJob(f"at most {MAX_BATCH} jobs per batch, got {len(reqs)}", field="jobs")
-        prepared = [self.enqueuer.prepare(r, None if single else i) for i, r in enumerate(reqs)]
+        prepared = self.enqueuer.prepare_many(reqs, single=single)
         if not prepared:
             return []
         if session is not None:

@@ -265,7 +265,7 @@ WHERE status IN ('pending', 'scheduled', 'processing') AND ($1::text IS NULL OR 
 ORDER BY id LIMIT $3;
 
 -- name: active_queues
--- The queues that have unfinished jobs: a loose index scan of jobs_active (one probe per queue).
+-- The queues that have unfinished jobs: a loose index scan of jobs_unfinished (one probe per queue).
 WITH RECURSIVE q(queue) AS (
     (SELECT queue FROM jobs WHERE status IN ('pending', 'scheduled', 'processing') ORDER BY queue LIMIT 1)
     UNION ALL
@@ -303,8 +303,8 @@ FROM jobs WHERE last_started_at > $1 AND queue = ANY($2::text[])
 GROUP BY queue, limiter;
 
 -- name: metrics_counts
--- Per queue: unfinished counts (jobs_active), failed and cancelled counts (jobs_dead), the earliest
--- run_at among pending and scheduled jobs (jobs_due, one probe per queue: kind 'due') and the queues
+-- Per queue: unfinished counts (jobs_unfinished), failed and cancelled counts (jobs_dead), the earliest
+-- run_at among pending and scheduled jobs (jobs_unfinished, one probe per status: kind 'due') and the queues
 -- table's rows that are paused or have settings (kind 'queue': n is the pause flag as 0/1).
 -- Index-only scans over those partial indexes; completed rows are never read.
 WITH c AS (
@@ -317,7 +317,8 @@ WITH c AS (
 SELECT queue, status AS kind, n, NULL::timestamptz AS next_run_at, NULL::jsonb AS settings FROM c
 UNION ALL
 SELECT q.queue, 'due', NULL,
-       (SELECT min(j.run_at) FROM jobs j WHERE j.queue = q.queue AND j.status IN ('pending', 'scheduled')), NULL
+       LEAST((SELECT min(j.run_at) FROM jobs j WHERE j.queue = q.queue AND j.status = 'pending'),
+             (SELECT min(j.run_at) FROM jobs j WHERE j.queue = q.queue AND j.status = 'scheduled')), NULL
 FROM (SELECT DISTINCT queue FROM c WHERE status IN ('pending', 'scheduled')) q
 UNION ALL
 SELECT name, 'queue', paused::int::bigint, NULL, settings FROM queues WHERE paused OR settings <> '{}'::jsonb;
@@ -354,7 +355,7 @@ FROM h WHERE status = 'completed' GROUP BY queue, m;
 -- name: alert_checks
 -- For alerts, every queue but '_alerts': kind 'dlq' with failed = min(failed count, $1), and kind
 -- 'wait' with the earliest run_at of its pending and scheduled jobs (paused queues left out).
--- Queues are found by loose index scans of jobs_dead and jobs_due (one probe per queue), and each
+-- Queues are found by loose index scans of jobs_dead and jobs_unfinished (one probe per queue), and each
 -- count stops at $1, so the cost follows the number of queues, not of jobs.
 WITH RECURSIVE dq(queue) AS (
     (SELECT queue FROM jobs WHERE status = 'failed' ORDER BY queue LIMIT 1)
@@ -375,7 +376,8 @@ SELECT queue, 'dlq' AS kind,
 FROM dq WHERE queue IS NOT NULL AND queue <> '_alerts'
 UNION ALL
 SELECT queue, 'wait', NULL,
-       (SELECT min(j.run_at) FROM jobs j WHERE j.queue = wq.queue AND j.status IN ('pending', 'scheduled'))
+       LEAST((SELECT min(j.run_at) FROM jobs j WHERE j.queue = wq.queue AND j.status = 'pending'),
+             (SELECT min(j.run_at) FROM jobs j WHERE j.queue = wq.queue AND j.status = 'scheduled'))
 FROM wq WHERE queue IS NOT NULL AND queue <> '_alerts'
   AND NOT EXISTS (SELECT 1 FROM queues p WHERE p.name = wq.queue AND p.paused);
 
