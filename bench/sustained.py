@@ -8,7 +8,11 @@ One process: a producer calls `enqueue_many` with `--batch` echo jobs `rate / ba
 second on a fixed schedule (it catches up when it falls behind, and reports the lag); a drainer
 calls `drain(budget)` back to back, as a kick or QStash loop would, pausing 200 ms after an empty
 one; every `--sample-s` seconds a sampler reads `pg_stat_user_tables` and the relation sizes of
-`jobs`. Retention runs as in production (the housekeeping drain hook) every `--housekeeping-s`
+`jobs`. Autovacuum is emulated when the server has it off (`autovacuum = off` here, a shared
+server): when `n_dead_tup` or the inserts since the last vacuum pass autovacuum's own thresholds
+(50 + 0.2 x reltuples dead, 1000 + 0.2 x reltuples inserted), the sampler runs `VACUUM (ANALYZE)
+jobs` and records how long it took; `--vacuum server` leaves it to the server's autovacuum, `off`
+to nobody. Retention runs as in production (the housekeeping drain hook) every `--housekeeping-s`
 seconds with the queue's rule `completed: keep the newest --retain`. A scratch database and key
 prefix of its own, both removed at the end. Figures go to docs/scaling.md; this is never a test.
 """
@@ -32,7 +36,8 @@ from jobqueue.settings import Settings
 from .common import REDIS_URL, TOKEN, clean_prefix, create_db, drop_db, new_prefix, pct, upstash_proxy
 
 STATS = """
-SELECT n_live_tup, n_dead_tup, n_tup_ins, n_tup_upd, n_tup_hot_upd, n_tup_del, autovacuum_count,
+SELECT n_ins_since_vacuum, (SELECT reltuples FROM pg_class WHERE relname = 'jobs') AS reltuples,
+       n_live_tup, n_dead_tup, n_tup_ins, n_tup_upd, n_tup_hot_upd, n_tup_del, autovacuum_count,
        autoanalyze_count, last_autovacuum, pg_relation_size('jobs') AS heap_bytes,
        pg_indexes_size('jobs') AS index_bytes, pg_total_relation_size('jobs') AS total_bytes
 FROM pg_stat_user_tables WHERE relname = 'jobs'
@@ -49,6 +54,7 @@ class Run:
         self.busy_s = 0.0  # time spent in drains that ran something, this window
         self.ran_in_busy = 0
         self.stop = False
+        self.vacuums = 0
 
     async def produce(self, jq: JobQueue) -> None:
         interval = self.args.batch / self.args.rate
@@ -83,6 +89,12 @@ class Run:
             await asyncio.sleep(self.args.sample_s)
             now = time.monotonic()
             st = dict(await conn.fetchrow(STATS) or {})
+            vacuum_s = None
+            if self.args.vacuum == "emulate" and _vacuum_due(st):
+                v = time.perf_counter()
+                await conn.execute("VACUUM (ANALYZE) jobs")
+                vacuum_s = round(time.perf_counter() - v, 2)
+                self.vacuums += 1
             lat, self.enq_lat = self.enq_lat, []
             busy, ran, self.busy_s, self.ran_in_busy = self.busy_s, self.ran_in_busy, 0.0, 0
             s = {
@@ -99,6 +111,8 @@ class Run:
                 "live_tup": st.get("n_live_tup"),
                 "dead_tup": st.get("n_dead_tup"),
                 "autovacuums": st.get("autovacuum_count"),
+                "emulated_vacuums": self.vacuums,
+                "vacuum_s": vacuum_s,
                 "autoanalyzes": st.get("autoanalyze_count"),
                 "last_autovacuum": st["last_autovacuum"].isoformat(timespec="seconds")
                 if st.get("last_autovacuum")
@@ -153,6 +167,12 @@ async def sustained(args: argparse.Namespace) -> dict[str, Any]:
     return {"params": vars(args), "samples": samples, "summary": summarize(samples)}
 
 
+def _vacuum_due(st: dict[str, Any]) -> bool:
+    """Autovacuum's default trigger (autovacuum_vacuum_threshold/scale_factor and the insert ones)."""
+    base = max(0.0, float(st.get("reltuples") or 0))
+    return (st.get("n_dead_tup") or 0) > 50 + 0.2 * base or (st.get("n_ins_since_vacuum") or 0) > 1000 + 0.2 * base
+
+
 def summarize(samples: list[dict[str, Any]]) -> dict[str, Any]:
     """The first and the last fifth of the run side by side: throughput, capacity, latency."""
     if not samples:
@@ -171,6 +191,8 @@ def summarize(samples: list[dict[str, Any]]) -> dict[str, Any]:
         "max_backlog": max(s["backlog"] for s in samples),
         "max_dead_tup": max(s["dead_tup"] or 0 for s in samples),
         "autovacuums": samples[-1]["autovacuums"],
+        "emulated_vacuums": samples[-1]["emulated_vacuums"],
+        "vacuum_s_max": max((s["vacuum_s"] or 0) for s in samples),
         "heap_mb": [samples[0]["heap_mb"], max(s["heap_mb"] for s in samples), samples[-1]["heap_mb"]],
         "index_mb": [samples[0]["index_mb"], max(s["index_mb"] for s in samples), samples[-1]["index_mb"]],
         "completed": samples[-1]["completed"],
@@ -196,6 +218,7 @@ def main() -> None:
     p.add_argument("--retain", type=int, default=20_000, help="completed jobs the queue keeps (retention count)")
     p.add_argument("--housekeeping-s", type=int, default=10, help="JOBQUEUE_HOUSEKEEPING_INTERVAL_S")
     p.add_argument("--transport", choices=("redis", "upstash"), default="redis")
+    p.add_argument("--vacuum", choices=("emulate", "server", "off"), default="emulate", help="see above")
     p.add_argument("--json", help="write samples and summary here")
     args = p.parse_args()
     out = asyncio.run(sustained(args))
