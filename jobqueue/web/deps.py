@@ -119,11 +119,16 @@ def resources(request: Request) -> Resources:
     return res
 
 
-def get_settings(request: Request) -> Settings:
+# The dependencies are `async def` although they never wait: FastAPI runs a plain `def` dependency
+# in its thread pool, and the two hand-offs per request were a measurable part of an enqueue's
+# own time (bench/http_floor.py).
+
+
+async def get_settings(request: Request) -> Settings:
     return resources(request).settings
 
 
-def get_jq(request: Request) -> JobQueue:
+async def get_jq(request: Request) -> JobQueue:
     return resources(request).jq()
 
 
@@ -338,7 +343,7 @@ class Page:
     type: str | None
 
 
-def page_params(
+async def page_params(  # async: see get_settings
     queue: Annotated[str | None, Query(max_length=100, pattern=QUEUE_PATTERN, description="only this queue")] = None,
     type: Annotated[StorableStr | None, Query(max_length=200, description="only this job type")] = None,
     limit: Annotated[int, Query(ge=1, le=200, description="page size")] = 50,
