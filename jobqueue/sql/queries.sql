@@ -27,7 +27,9 @@ INSERT INTO jobqueue_migrations (version, name) VALUES ($1, $2);
 
 -- name: insert_jobs
 -- Insert many jobs in one statement from one JSON array ($1, text), in array order ("n"); a
--- repeated (queue, idempotency_key) inserts nothing. Times are microseconds since the epoch.
+-- repeated (queue, idempotency_key) inserts nothing. Times are microseconds since the epoch; a
+-- key left out is null. `json`, not `jsonb`: the document is read once, and jsonb's input would
+-- build a tree of it first (at plan time, since the planner folds the constant).
 -- $2 dispatched: false for jobs enqueued inside an application's transaction (pushed after it).
 -- An option the document leaves null takes the queue's default (queues.settings.defaults), else
 -- the engine's ($3 max_attempts, $4 timeout_ms, $5 backoff); the row's values are returned.
@@ -41,7 +43,7 @@ SELECT x.queue, x.type, x.payload, x.status, x.priority,
        'epoch'::timestamptz + x.run_at_us * interval '1 microsecond',
        'epoch'::timestamptz + x.created_us * interval '1 microsecond',
        $2::boolean, x.group_key, x.limiter
-FROM jsonb_to_recordset($1::text::jsonb)
+FROM json_to_recordset($1::text::json)
     AS x(n int, queue text, type text, payload jsonb, status text, priority smallint, max_attempts int,
          backoff jsonb, timeout_ms int, idempotency_key text, run_at_us bigint, created_us bigint,
          group_key text, limiter text)
@@ -447,7 +449,7 @@ INSERT INTO schedules AS s (id, type, payload, queue, priority, max_attempts, ba
 SELECT x.id, x.type, x.payload, x.queue, x.priority, x.max_attempts, x.backoff, x.timeout_ms, x.cron, x.tz,
        x.every_ms, x.misfire, x.misfire_grace_ms, x.catch_up_limit, x.overlap, x.paused,
        'epoch'::timestamptz + x.first_us * interval '1 microsecond', x.code_hash, $2, $2
-FROM jsonb_to_recordset($1::text::jsonb) AS x(id text, type text, payload jsonb, queue text, priority smallint,
+FROM json_to_recordset($1::text::json) AS x(id text, type text, payload jsonb, queue text, priority smallint,
      max_attempts int, backoff jsonb, timeout_ms int, cron text, tz text, every_ms bigint, misfire text,
      misfire_grace_ms bigint, catch_up_limit int, overlap text, paused boolean, first_us bigint, code_hash text)
 ON CONFLICT (id) DO UPDATE SET
