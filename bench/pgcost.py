@@ -11,7 +11,9 @@ of everything (`drain(budget)` until all ran, batch `--batch`). For each phase:
   backend connected to the scratch database, from /proc: what a Neon compute would be busy with);
   both per job. pg_stat_statements would give execution time alone, but it needs
   shared_preload_libraries, which this shared server does not load.
-- Redis: commands per job (INFO commandstats, script calls included) and requests per call or drain.
+- Redis: commands per job and by name, as MONITOR sees them on our database number (INFO
+  commandstats would count other clients of this shared server too; MONITOR shows a script's
+  inner calls as well, which is what Upstash bills), and requests per call or drain.
 
 Nothing here is asserted: figures go to docs/scaling.md.
 """
@@ -33,7 +35,8 @@ from jobqueue.engine import JobQueue
 from jobqueue.settings import Settings
 from jobqueue.store import Store
 
-from .common import REDIS_URL, clean_prefix, command_calls, create_db, drop_db, new_prefix
+from .common import REDIS_URL, clean_prefix, create_db, drop_db, new_prefix
+from .peers_count import Monitor
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -81,14 +84,16 @@ async def backend_cpu_s(admin: asyncpg.Connection, db: str) -> float:
 
 
 async def phase(
-    name: str, jq: JobQueue, t: Timings, admin: asyncpg.Connection, db: str, jobs: int, body: Any
+    name: str, jq: JobQueue, t: Timings, mon: Monitor, admin: asyncpg.Connection, db: str, jobs: int, body: Any
 ) -> dict[str, Any]:
     t.reset()
-    cpu0, cmd0, req0 = await backend_cpu_s(admin, db), command_calls(), jq.redis.requests
+    cmd0, by0 = await asyncio.to_thread(mon.sync), mon.snapshot()
+    cpu0, req0 = await backend_cpu_s(admin, db), jq.redis.requests
     w0 = time.perf_counter()
     calls = await body()
     wall = time.perf_counter() - w0
     cpu = await backend_cpu_s(admin, db) - cpu0
+    cmds, by = await asyncio.to_thread(mon.sync), mon.snapshot()
     return {
         "phase": name,
         "jobs": jobs,
@@ -99,7 +104,8 @@ async def phase(
         "pg_statements": {k: t.count[k] for k in sorted(t.count)},
         "pg_client_ms_per_job": {k: round(t.ms[k] / jobs, 4) for k in sorted(t.ms)},
         "pg_statements_per_job": round(sum(t.count.values()) / jobs, 4),
-        "redis_commands_per_job": round((command_calls() - cmd0) / jobs, 3),
+        "redis_commands_per_job": round((cmds - cmd0) / jobs, 4),
+        "redis_by_command": {k: v - by0.get(k, 0) for k, v in sorted(by.items()) if v - by0.get(k, 0)},
         "redis_requests": jq.redis.requests - req0,
         "redis_requests_per_call": round((jq.redis.requests - req0) / max(1, calls), 2),
     }
@@ -113,6 +119,8 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     jq = JobQueue.from_settings(settings, default_registry())
     admin = await asyncpg.connect(url.rpartition("/")[0] + "/postgres")
     t = Timings()
+    mon = Monitor(REDIS_URL, int(REDIS_URL.rstrip("/").rpartition("/")[2] or 0))
+    mon.start()
     out = []
     try:
         await jq.drain(2)  # the epoch marker; opens the pool
@@ -137,14 +145,15 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                     break
             return drains
 
-        out.append(await phase("enqueue, one per call", jq, t, admin, name, args.single, single))
-        out.append(await phase("enqueue, 1000 per call", jq, t, admin, name, args.jobs, bulk))
+        out.append(await phase("enqueue, one per call", jq, t, mon, admin, name, args.single, single))
+        out.append(await phase("enqueue, 1000 per call", jq, t, mon, admin, name, args.jobs, bulk))
         scratch = await asyncpg.connect(url)
         await scratch.execute("ANALYZE jobs")  # planner statistics, as a live table has them
         await scratch.close()
-        drained = await phase("drain (claim, run, record)", jq, t, admin, name, args.single + args.jobs, drain)
+        drained = await phase("drain (claim, run, record)", jq, t, mon, admin, name, args.single + args.jobs, drain)
         out.append(drained)
     finally:
+        mon.stop()
         t.restore()
         await admin.close()
         await jq.close()
