@@ -132,3 +132,40 @@ def checkout(path: str) -> Path:
     if not (p / "api" / "index.py").exists():
         raise SystemExit(f"--compare: {p} is not a checkout of this project (no api/index.py)")
     return p
+
+
+async def batch_vs_engine(url: str, db: str, proxy: str, prefix: str, rounds: int = 5, per_round: int = 10) -> Any:
+    """`POST /api/jobs/batch` (1000 jobs, raw client, bodies encoded beforehand) against the engine's
+    own `enqueue_many` of the same 1000 jobs in this process, on the same database, proxy and
+    prefix, alternating round by round: the HTTP rate as a share of the engine's."""
+    import json
+
+    from jobqueue.builtins import default_registry
+    from jobqueue.engine import JobQueue
+    from jobqueue.settings import Settings
+
+    from .http import RawConnection
+
+    conf = {"DATABASE_URL": db, "UPSTASH_REDIS_REST_URL": proxy, "UPSTASH_REDIS_REST_TOKEN": TOKEN}
+    jq = JobQueue.from_settings(Settings(**conf, JOBQUEUE_PREFIX=prefix), default_registry())
+    jobs = [{"type": "echo", "payload": {"i": i}} for i in range(1000)]
+    body = json.dumps({"jobs": jobs}).encode()
+    conn = await RawConnection.open(url)
+    http_rates, engine_rates = [], []
+    try:
+        await jq.enqueue_many(jobs)  # warm: the pool, the transport
+        for _ in range(rounds):
+            t = time.perf_counter()
+            for _ in range(per_round):
+                got, answer = await conn.request("POST", "/api/jobs/batch", body)
+                assert got == 201, answer[:200]
+            http_rates.append(per_round * 1000 / (time.perf_counter() - t))
+            t = time.perf_counter()
+            for _ in range(per_round):
+                await jq.enqueue_many(jobs)
+            engine_rates.append(per_round * 1000 / (time.perf_counter() - t))
+    finally:
+        conn.close()
+        await jq.close()
+    h, e = statistics.median(http_rates), statistics.median(engine_rates)
+    return {"http_jobs_per_s": round(h), "engine_jobs_per_s": round(e), "ratio": round(h / e, 2), "rounds": rounds}

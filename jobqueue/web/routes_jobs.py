@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import BaseModel, Field, TypeAdapter
 
@@ -136,9 +137,51 @@ async def enqueue_batch(request: Request, jq: JQ, settings: SettingsDep) -> Resp
         if not isinstance(job, dict):
             raise InvalidJob(f"jobs[{i}] must be a JSON object, got {type(job).__name__}", field=f"jobs.{i}")
     results = await jq.enqueue_many(jobs)
-    # JobBatch's JSON, its views validated and serialised in one call each rather than per job.
-    views = _VIEWS.dump_json(_VIEWS.validate_python([JobView.row_data(row) for row, _ in results]))
-    return Response(content=b'{"jobs":' + views + b"}", status_code=201, media_type="application/json")
+    return Response(content=batch_json([row for row, _ in results]), status_code=201, media_type="application/json")
+
+
+# The fields of a job just enqueued that JobView answers, in its order; everything else is empty.
+_FRESH = ("id", "queue", "type", "payload", "status", "priority", "attempts", "max_attempts", "backoff", "timeout_ms")
+
+
+def batch_json(rows: list[dict[str, Any]]) -> bytes:
+    """JobBatch's JSON for these rows. Rows the enqueue has just written (no attempt, history or
+    outcome yet: the rows `insert` rebuilt from what it sent) are written by orjson straight from
+    the row; validating 1000 JobViews only to serialise them again was a sixth of a batch
+    request's time. Any other row (an idempotency key's existing job) goes through JobView.
+    tests/api/test_jobs.py checks that both give the same bytes."""
+    if all(_is_fresh(r) for r in rows):
+        views = [
+            {
+                **{k: r[k] for k in _FRESH},
+                "idempotency_key": r["idempotency_key"],
+                "result": None,
+                "error": None,
+                "history": [],
+                "run_at": r["run_at"],
+                "created_at": r["created_at"],
+                "started_at": None,
+                "finished_at": None,
+                "group": r.get("group_key"),
+                "schedule_id": r.get("schedule_id"),
+                "scheduled_for": r.get("scheduled_for"),
+            }
+            for r in rows
+        ]
+        return orjson.dumps({"jobs": views}, option=orjson.OPT_UTC_Z | orjson.OPT_NON_STR_KEYS)
+    return b'{"jobs":' + _VIEWS.dump_json(_VIEWS.validate_python([JobView.row_data(r) for r in rows])) + b"}"
+
+
+def _is_fresh(r: dict[str, Any]) -> bool:
+    return (
+        r.get("status") in ("pending", "scheduled")
+        and not r.get("attempts")
+        and not r.get("history")
+        and r.get("result") is None
+        and r.get("error") is None
+        and r.get("started_at") is None
+        and r.get("finished_at") is None
+    )
 
 
 ScheduleFilter = Annotated[
