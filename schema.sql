@@ -60,8 +60,10 @@ CREATE UNIQUE INDEX IF NOT EXISTS jobs_queue_idempotency_key
 -- the primary key. Every index costs on each state change (a status update is never HOT), so the
 -- table keeps few full indexes and leans on partial ones.
 CREATE INDEX IF NOT EXISTS jobs_status_id ON jobs (status, id DESC);
--- reconcile and metrics over the unfinished jobs only
-CREATE INDEX IF NOT EXISTS jobs_active ON jobs (queue, status, created_at)
+-- reconcile, the unfinished counts per queue and status, and the earliest due time per queue and
+-- status (min(run_at) is one probe per status) over the unfinished jobs only (0007: it replaced
+-- jobs_active and jobs_due, so an enqueued row goes into one partial index, not two)
+CREATE INDEX IF NOT EXISTS jobs_unfinished ON jobs (queue, status, run_at)
     WHERE status IN ('pending', 'scheduled', 'processing');
 -- retention, metrics over recent outcomes
 CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_at, status)
@@ -76,10 +78,6 @@ CREATE TABLE IF NOT EXISTS queues (
     settings   jsonb       NOT NULL DEFAULT '{}'::jsonb
 );
 
--- metrics and alerts: when the oldest job that may run was due (min(run_at) per queue is one
--- probe, whatever the backlog). Only pending and scheduled rows are in it, so it costs on insert
--- and on a retry, never on the completion of a job.
-CREATE INDEX IF NOT EXISTS jobs_due ON jobs (queue, run_at) WHERE status IN ('pending', 'scheduled');
 -- metrics and alerts: dead-letter and cancelled counts per queue as index-only scans (also the
 -- per-queue DLQ listing). Rows enter it only when they fail or are cancelled.
 CREATE INDEX IF NOT EXISTS jobs_dead ON jobs (queue, status, id DESC) WHERE status IN ('failed', 'cancelled');

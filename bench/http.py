@@ -9,17 +9,20 @@
 2. Batch enqueue throughput over HTTP: `POST /api/jobs/batch` with 1000 jobs each.
 3. Enqueue -> handler start in the `make dev` setup (`python -m jobqueue.devserver`: tick + kick), from each
    job's `created_at` to its `started_at`, jobs enqueued one at a time at random gaps.
-4. Cold import: `python -X importtime -c "import api.index"`, the cumulative time of `api.index`
+4. The enqueue request against its floor, and the same for `GET /api/jobs/{id}` (bench/http_floor.py).
+5. Cold import: `python -X importtime -c "import api.index"`, the cumulative time of `api.index`
    (the import's own line; the last line of the output is whatever the interpreter imports at
    exit), median of several runs, with the largest contributors.
 
     python -m bench.http [--requests 2000] [--batches 100] [--kick-jobs 100]
+    python -m bench.http --floor-only [--compare OTHER_CHECKOUT] [--rounds 7]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -39,27 +42,28 @@ import httpx
 import redis
 
 from .common import REDIS_URL, TOKEN, clean_prefix, create_db, drop_db, free_port, new_prefix, pct, upstash_proxy
+from .http_floor import batch_vs_engine, checkout, floor_bench, floor_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 API_TOKEN = "bench-api-token"
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 
 
-def _env(**extra: str) -> dict[str, str]:
+def _env(root: Path = ROOT, **extra: str) -> dict[str, str]:
     drop = ("JOBQUEUE_", "UPSTASH_", "KV_", "QSTASH_", "DATABASE_URL", "REDIS_URL", "JOBS_API_TOKEN")
     env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
-    env.update(PYTHONPATH=str(ROOT), JOBS_API_TOKEN=API_TOKEN, **extra)
+    env.update(PYTHONPATH=str(root), JOBS_API_TOKEN=API_TOKEN, **extra)
     return env
 
 
 @contextmanager
-def server(cmd: list[str], env: dict[str, str]) -> Iterator[str]:
+def server(cmd: list[str], env: dict[str, str], cwd: Path = ROOT) -> Iterator[str]:
     """Run `cmd` (its port comes from $PORT, or `{port}` in the command) until /api/health is 200."""
     port = free_port()
     proc = subprocess.Popen(
         [a.format(port=port) for a in cmd],
         env={**env, "PORT": str(port)},
-        cwd=ROOT,
+        cwd=cwd,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -172,14 +176,22 @@ async def bench_api(url: str, requests: int, batches: int) -> dict[str, Any]:
         out[f"enqueue_c{conc}"] = await timed_raw(url, conc, requests, "POST", "/api/jobs", 201, job)
     if not batches:
         return out
-    async with httpx.AsyncClient(base_url=url, headers=AUTH, timeout=60) as c:
+    # Bodies encoded beforehand, answers read as bytes by the raw client: with httpx, the client's
+    # encoding and its decoding of each 0.5 MB answer took about as much CPU as the server.
+    bodies = [
+        json.dumps({"jobs": [{"type": "echo", "payload": {"b": b, "i": i}} for i in range(1000)]}).encode()
+        for b in range(batches)
+    ]
+    conn = await RawConnection.open(url)
+    try:
 
         async def batch(b: int) -> None:
-            jobs = [{"type": "echo", "payload": {"b": b, "i": i}} for i in range(1000)]
-            r = await c.post("/api/jobs/batch", json={"jobs": jobs})
-            assert r.status_code == 201, r.text
+            got, answer = await conn.request("POST", "/api/jobs/batch", bodies[b])
+            assert got == 201, answer[:200]
 
         res = await timed(1, batches, batch)
+    finally:
+        conn.close()
     out["batch_1000"] = {
         "batches": batches,
         "jobs_per_s": round(batches * 1000 / res["wall_s"]),
@@ -274,6 +286,25 @@ UVICORN = [sys.executable, "-m", "uvicorn", "api.index:app", "--port", "{port}"]
 UVICORN += ["--log-level", "warning", "--no-access-log"]
 
 
+async def run_floor(args: argparse.Namespace) -> dict[str, Any]:
+    """The floor decomposition alone, for this checkout and, with --compare, another one."""
+    roots = {"this checkout": ROOT}
+    if args.compare:
+        roots["--compare"] = checkout(args.compare)
+    name, prefix = "jobqueue_bench_http_floor", new_prefix()
+    db = await create_db(name)
+    try:
+        with upstash_proxy() as proxy, contextlib.ExitStack() as stack:
+            urls = {}
+            for label, root in roots.items():
+                env = _env(root, DATABASE_URL=db, UPSTASH_REDIS_REST_URL=proxy, UPSTASH_REDIS_REST_TOKEN=TOKEN)
+                urls[label] = stack.enter_context(server(UVICORN, {**env, "JOBQUEUE_PREFIX": prefix}, cwd=root))
+            return await floor_bench(urls, proxy, args.rounds, args.floor_requests)
+    finally:
+        clean_prefix(prefix)
+        await drop_db(name)
+
+
 async def run_once(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {}
     name, prefix = "jobqueue_bench_http", new_prefix()
@@ -283,6 +314,8 @@ async def run_once(args: argparse.Namespace) -> dict[str, Any]:
             env = _env(DATABASE_URL=db, UPSTASH_REDIS_REST_URL=proxy, UPSTASH_REDIS_REST_TOKEN=TOKEN)
             with server(UVICORN, {**env, "JOBQUEUE_PREFIX": prefix}) as url:
                 result["api"] = await bench_api(url, args.requests, args.batches)
+                result["floor"] = await floor_bench({"this checkout": url}, proxy, args.rounds, args.floor_requests)
+                result["batch_vs_engine"] = await batch_vs_engine(url, db, proxy, prefix)
         # Diagnostic: the same enqueue over a plain Redis (REDIS_URL, redis-py), so the cost of
         # the REST hop (SDK + HTTP + the proxy process) shows as the difference.
         with server(UVICORN, _env(DATABASE_URL=db, REDIS_URL=REDIS_URL, JOBQUEUE_PREFIX=prefix)) as url:
@@ -339,11 +372,28 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=2000)
     p.add_argument("--batches", type=int, default=100)
     p.add_argument("--kick-jobs", type=int, default=100)
+    p.add_argument("--rounds", type=int, default=7, help="interleaved rounds of the floor decomposition")
+    p.add_argument("--floor-requests", type=int, default=300, help="requests per measure and round")
+    p.add_argument("--floor-only", action="store_true", help="only the enqueue-vs-floor decomposition")
+    p.add_argument("--compare", help="with --floor-only: another checkout to measure alternately (before/after)")
     args = p.parse_args()
+    if args.floor_only:
+        floor = asyncio.run(run_floor(args))
+        print(json.dumps(floor, indent=2))
+        print()
+        print(floor_markdown(floor))
+        return
     result = asyncio.run(run_once(args))
     print(json.dumps(result, indent=2))
     print()
     print(markdown(result))
+    print()
+    print(floor_markdown(result["floor"]))
+    b = result["batch_vs_engine"]
+    print(
+        f"\nPOST /api/jobs/batch {b['http_jobs_per_s']:,} jobs/s against the engine's enqueue_many"
+        f" {b['engine_jobs_per_s']:,} jobs/s in the same run: {b['ratio']:.2f} of it"
+    )
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ Fills a scratch database (`jobqueue_bench_metrics`, made from schema.sql and dro
 with 1,000,000 jobs in every state spread over the last --days days (default 2), VACUUM ANALYZEs
 it (the steady state autovacuum keeps: index-only scans need the visibility map), then times
 collect() and the alerts' check statement, median of 5 runs each, with the plan of every
-statement. Finally it drops the two partial indexes metrics relies on (`jobs_dead`, `jobs_due`)
+statement. Finally it drops the two partial indexes metrics relies on (`jobs_dead`, `jobs_unfinished`)
 and times again, to show what they buy.
 
     .venv/bin/python bench/metrics_large.py [--rows 1000000] [--days 2]
@@ -109,7 +109,7 @@ async def main(rows: int, days: float) -> None:
         by = await conn.fetch("SELECT status, count(*) AS n FROM jobs GROUP BY 1 ORDER BY 1")
         print("  " + ", ".join(f"{r['status']} {r['n']:,}" for r in by))
 
-        for label in ("with jobs_dead and jobs_due", "without them (dropped)"):
+        for label in ("with jobs_dead and jobs_unfinished", "without them (dropped)"):
             jq.store.statements = jq.redis.requests = 0
             ms = await timed(lambda: collect(jq))
             per = (jq.store.statements / (RUNS + 1), jq.redis.requests / (RUNS + 1))
@@ -122,7 +122,7 @@ async def main(rows: int, days: float) -> None:
             await explain(conn, "metrics_finished", now - timedelta(days=1), now - timedelta(hours=1), now)
             await explain(conn, "alert_checks", settings.alert_dlq_threshold)
             if label.startswith("with "):
-                await conn.execute("DROP INDEX jobs_dead; DROP INDEX jobs_due")
+                await conn.execute("DROP INDEX jobs_dead; DROP INDEX jobs_unfinished")
         await conn.close()
     finally:  # the scratch database goes, whatever happened
         await jq.close()

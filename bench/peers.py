@@ -1,11 +1,13 @@
 """This project next to its peers (pgqueuer, procrastinate, RQ, BullMQ) on the same Postgres and Redis.
 
-    python -m bench.peers [--jobs 5000] [--single 1000] [--only rq,bullmq] [--skip-install] [--json PATH]
+    python -m bench.peers [--jobs 5000] [--single 1000] [--only rq,bullmq] [--repeat 3] [--max-minutes 45]
+                          [--skip-install] [--json PATH]
 
 Each system enqueues `--single` no-op jobs one by one, `--jobs` in calls of 1000, then runs its
 worker until all of them are done (the scratch database is ANALYZEd before the drain, outside the
-timing). Each system runs twice, in a child process driven phase by phase (bench/peers_child.py):
-a timed pass straight to Postgres and Redis, which gives the throughput; then a counting pass,
+timing). Each system runs in a child process driven phase by phase (bench/peers_child.py):
+`--repeat` timed passes straight to Postgres and Redis, in rounds that alternate the systems'
+order, which give the throughput (medians); then one counting pass,
 which gives the costs: Redis commands as `INFO commandstats` deltas checked against MONITOR on our
 database number, Postgres statements from a protocol-counting proxy (bench/peers_count.py).
 The peers are installed into a scratch directory outside the repository (bench/peers_install.py).
@@ -37,7 +39,7 @@ import redis
 from .peers_child import MARK
 from .peers_count import Monitor, PgCounter, commandstats_total
 from .peers_install import REPO, install, node_modules, node_version, run_checked, scratch_python, versions
-from .peers_table import render
+from .peers_table import median_pass, render
 
 ADMIN_URL = os.environ.get("BENCH_PEERS_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("BENCH_PEERS_REDIS_URL", "redis://127.0.0.1:6379/7")
@@ -189,7 +191,8 @@ async def run_pass(name: str, kind: str, args: argparse.Namespace) -> dict[str, 
             await admin(f"CREATE DATABASE {db}")
         pg = db_url(db)
         if SYSTEMS[name][0] == "jq":
-            env = {k: v for k, v in os.environ.items() if not k.startswith(SCRUB)} | {"DATABASE_URL": pg}
+            env = {k: v for k, v in os.environ.items() if not k.startswith(SCRUB)}
+            env |= {"DATABASE_URL": pg, "REDIS_URL": REDIS_URL}  # migrate syncs schedules to Redis too
             await asyncio.to_thread(run_checked, [sys.executable, "-m", "jobqueue", "migrate"], 120, env=env, cwd=REPO)
         if kind == "count" and uses_pg:
             counter = PgCounter(*_host_port(ADMIN_URL))
@@ -333,6 +336,8 @@ def main() -> None:
         action="store_false",
         help="do not ANALYZE the scratch database between the enqueues and the drain",
     )
+    p.add_argument("--repeat", type=int, default=3, help="timed passes per system, in alternating rounds (medians)")
+    p.add_argument("--max-minutes", type=float, default=45.0, help="start no pass after this long (whole run)")
     p.add_argument("--pgqueuer-batch", type=int, default=100)
     p.add_argument("--procrastinate-concurrency", type=int, default=10)
     p.add_argument("--bullmq-concurrency", type=int, default=100)
@@ -356,24 +361,35 @@ def main() -> None:
         "versions": versions(),
         "systems": {},
     }
+    started = time.monotonic()
+
+    def one(name: str, kind: str) -> dict[str, Any]:
+        if time.monotonic() - started > args.max_minutes * 60:
+            return {"error": f"not run: --max-minutes {args.max_minutes:g} reached", "phases": {}}
+        log(f"{name}: {kind} pass")
+        t0 = time.monotonic()
+        res = asyncio.run(run_pass(name, kind, args))
+        res["wall_s"] = round(time.monotonic() - t0, 1)
+        log(f"{name}: {kind} pass {'failed: ' + res['error'] if res['error'] else 'done'} in {res['wall_s']} s")
+        return res
+
+    results["systems"] = {n: {"worker": modes[n], "passes": {}, "timed_runs": []} for n in names}
+    # Timed passes in rounds, every system once a round, the order reversed every other round: a
+    # neighbour's burst on this shared machine hits every system alike; throughput is the median.
+    for r in range(args.repeat):
+        for name in names if r % 2 == 0 else names[::-1]:
+            results["systems"][name]["timed_runs"].append(one(name, "timed"))
     for name in names:
-        sysres: dict[str, Any] = {"worker": modes[name], "passes": {}}
-        results["systems"][name] = sysres
-        for kind in ("timed", "count"):
-            if kind == "count" and args.count_jobs <= 0:
-                continue
-            if kind == "count" and sysres["passes"]["timed"]["error"]:
-                sysres["passes"][kind] = {"error": "not run: the timed pass failed", "phases": {}}
-                continue
-            log(f"{name}: {kind} pass")
-            t0 = time.monotonic()
-            res = asyncio.run(run_pass(name, kind, args))
-            res["wall_s"] = round(time.monotonic() - t0, 1)
-            sysres["passes"][kind] = res
-            log(f"{name}: {kind} pass {'failed: ' + res['error'] if res['error'] else 'done'} in {res['wall_s']} s")
+        sysres = results["systems"][name]
+        sysres["passes"]["timed"] = median_pass(sysres["timed_runs"])
+        if args.count_jobs <= 0:
+            continue
+        if sysres["passes"]["timed"]["error"]:
+            sysres["passes"]["count"] = {"error": "not run: the timed pass failed", "phases": {}}
+            continue
+        sysres["passes"]["count"] = one(name, "count")
     results["machine"]["loadavg_end"] = os.getloadavg()
-    table = render(results)
-    results["table"] = table
+    results["table"] = table = render(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     print(table)

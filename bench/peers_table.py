@@ -3,10 +3,32 @@ project's figure over the Upstash transport (the production one)."""
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 BASE = "jobqueue-upstash"
 PHASES = ("single", "bulk", "drain")
+
+
+def median_pass(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One timed pass from several: per phase, the median of the runs' throughput and latency
+    (each run's figure kept beside it); an error if any run failed."""
+    errors = [r["error"] for r in runs if r.get("error")]
+    out: dict[str, Any] = {"error": errors[0] if errors else None, "runs": len(runs), "phases": {}}
+    if errors:
+        return out
+    for phase in PHASES:
+        recs = [r["phases"][phase] for r in runs]
+        rec = dict(recs[0])
+        res = dict(rec.get("result", {}))
+        for key in ("per_s", "p50_ms"):
+            xs = [x["result"][key] for x in recs if x.get("result", {}).get(key) is not None]
+            if xs:
+                res[key] = statistics.median(xs)
+                res[f"{key}_runs"] = xs
+        rec["result"] = res
+        out["phases"][phase] = rec
+    return out
 
 
 def _phase(sysres: dict[str, Any], kind: str, phase: str) -> dict[str, Any]:
@@ -130,11 +152,18 @@ def render(results: dict[str, Any]) -> str:
             daggers.append(f"{name}: commandstats said " + " · ".join(_num(x) for x in cs))
     notes = [
         "",
-        f"Ratios are to **{BASE}**. Throughput from the timed pass. Costs from the counting pass: Redis commands"
+        f"Ratios are to **{BASE}**. Throughput: the median of the timed passes, run in rounds that alternate"
+        " the systems' order. Costs from the counting pass: Redis commands"
         " are `INFO commandstats` deltas (script-internal calls included, INFO left out), checked against MONITOR"
         " on our database number; Postgres statements are Query (non-empty) and Execute messages counted by a"
         " protocol proxy, BEGIN/COMMIT included.",
     ]
+    m = results.get("machine", {})
+    if m.get("loadavg_start"):
+        notes.append(
+            f"Load average (1 min) {m['loadavg_start'][0]:.2f} at the start, {m['loadavg_end'][0]:.2f} at the end,"
+            f" on {m.get('cpus')} CPUs shared with other work: compare figures within this table, not across runs."
+        )
     if daggers:
         notes.append(
             "† MONITOR's count: commandstats over the same interval differed by more than 1 % (other"

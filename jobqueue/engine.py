@@ -147,7 +147,7 @@ class JobQueue:
         and one Redis request for the lot. `connection`/`session` as for `enqueue`."""
         if len(reqs) > MAX_BATCH:
             raise InvalidJob(f"at most {MAX_BATCH} jobs per batch, got {len(reqs)}", field="jobs")
-        prepared = [self.enqueuer.prepare(r, None if single else i, created_by=created_by) for i, r in enumerate(reqs)]
+        prepared = self.enqueuer.prepare_many(reqs, single=single, created_by=created_by)
         if not prepared:
             return []
         if any("depends_on" in p for p in prepared):

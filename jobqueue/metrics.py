@@ -12,7 +12,7 @@ side by side (a third when jobs are parked), whatever the size of the jobs table
   which the claim script keeps per queue: since when, and the total of earlier periods.
 - Postgres `metrics_counts`: unfinished, failed and cancelled counts per queue, the oldest due job,
   the paused flags and each queue's settings (its limits, defaults and retention), from index-only
-  scans of the partial indexes `jobs_active`, `jobs_dead` and `jobs_due` (and the small `queues`
+  scans of the partial indexes `jobs_unfinished` and `jobs_dead` (and the small `queues`
   table). Completed rows (the bulk of the table) are never read; totals of completed jobs are
   therefore not reported, only the windowed counts below.
 - Postgres `metrics_finished`: the jobs finished in the last day, through `jobs_finished` (the

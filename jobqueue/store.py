@@ -112,6 +112,22 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(typ, encoder=_dumps, decoder=orjson.loads, schema="pg_catalog")
 
 
+class _Connection(asyncpg.Connection):  # type: ignore[misc]
+    """A pool connection that skips asyncpg's reset query on release.
+
+    The default (`SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;`) is one more
+    round trip after every statement, the largest part of a single enqueue's own time. It undoes
+    session state, and the pool's connections never have any: they run only the named statements,
+    none of which sets a session variable, LISTENs, declares a cursor outside a transaction or
+    takes a session advisory lock (migrate_lock is transaction-scoped); tests/unit/test_pure.py
+    checks queries.sql for these. Behind a transaction-mode pooler (PgBouncer, Neon's -pooler)
+    the query was useless anyway: it ran on whichever server connection the pooler picked. An
+    open transaction is still rolled back on release (asyncpg does that whatever this returns)."""
+
+    def get_reset_query(self) -> str:
+        return ""
+
+
 _DOWN = (
     OSError,
     asyncio.TimeoutError,
@@ -161,6 +177,7 @@ class Store:
                         timeout=self._timeout,
                         max_inactive_connection_lifetime=60,
                         init=_init_connection,
+                        connection_class=_Connection,
                     )
                 except _DOWN as e:
                     raise PostgresUnavailable(f"postgres: {type(e).__name__}: {e}") from e

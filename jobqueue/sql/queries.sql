@@ -27,37 +27,14 @@ INSERT INTO jobqueue_migrations (version, name) VALUES ($1, $2);
 
 -- name: insert_jobs
 -- Insert many jobs in one statement from one JSON array ($1, text), in array order ("n"); a
--- repeated (queue, idempotency_key) inserts nothing. Times are microseconds since the epoch.
+-- repeated (queue, idempotency_key) inserts nothing. Times are microseconds since the epoch; a
+-- key left out is null. `json`, not `jsonb`: the document is read once, and jsonb's input would
+-- build a tree of it first (at plan time, since the planner folds the constant).
 -- $2 dispatched: false for jobs enqueued inside an application's transaction (pushed after it).
 -- An option the document leaves null takes the queue's default (queues.settings.defaults), else
 -- the engine's ($3 max_attempts, $4 timeout_ms, $5 backoff); the row's values are returned.
-INSERT INTO jobs (queue, type, payload, status, priority, max_attempts, backoff, timeout_ms,
-                  idempotency_key, run_at, created_at, dispatched, group_key, limiter)
-SELECT x.queue, x.type, x.payload, x.status, x.priority,
-       COALESCE(x.max_attempts, (q.settings #>> '{defaults,max_attempts}')::int, $3::int),
-       COALESCE(x.backoff, q.settings #> '{defaults,backoff}', $5::text::jsonb),
-       COALESCE(x.timeout_ms, (q.settings #>> '{defaults,timeout_ms}')::int, $4::int),
-       x.idempotency_key,
-       'epoch'::timestamptz + x.run_at_us * interval '1 microsecond',
-       'epoch'::timestamptz + x.created_us * interval '1 microsecond',
-       $2::boolean, x.group_key, x.limiter
-FROM jsonb_to_recordset($1::text::jsonb)
-    AS x(n int, queue text, type text, payload jsonb, status text, priority smallint, max_attempts int,
-         backoff jsonb, timeout_ms int, idempotency_key text, run_at_us bigint, created_us bigint,
-         group_key text, limiter text)
-LEFT JOIN queues q ON q.name = x.queue
-ORDER BY x.n
-ON CONFLICT (queue, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-RETURNING id, queue, idempotency_key, max_attempts, timeout_ms, backoff::text AS backoff_text;
-
--- name: insert_jobs_linked
--- As insert_jobs, for a batch in which some job asks for a completion callback or was enqueued by a
--- handler (`callback`, `created_by`); every other batch takes insert_jobs, unchanged. Insert many
--- jobs in one statement from one JSON array ($1, text), in array order ("n"); a repeated
--- (queue, idempotency_key) inserts nothing. Times are microseconds since the epoch.
--- $2 dispatched: false for jobs enqueued inside an application's transaction (pushed after it).
--- An option the document leaves null takes the queue's default (queues.settings.defaults), else
--- the engine's ($3 max_attempts, $4 timeout_ms, $5 backoff); the row's values are returned.
+-- `callback` (a completion callback as resolved at enqueue) and `created_by` (the job whose
+-- handler enqueued this one) are in the document only for the jobs that have them.
 INSERT INTO jobs (queue, type, payload, status, priority, max_attempts, backoff, timeout_ms,
                   idempotency_key, run_at, created_at, dispatched, group_key, limiter, callback, created_by)
 SELECT x.queue, x.type, x.payload, x.status, x.priority,
@@ -68,7 +45,7 @@ SELECT x.queue, x.type, x.payload, x.status, x.priority,
        'epoch'::timestamptz + x.run_at_us * interval '1 microsecond',
        'epoch'::timestamptz + x.created_us * interval '1 microsecond',
        $2::boolean, x.group_key, x.limiter, x.callback, x.created_by
-FROM jsonb_to_recordset($1::text::jsonb)
+FROM json_to_recordset($1::text::json)
     AS x(n int, queue text, type text, payload jsonb, status text, priority smallint, max_attempts int,
          backoff jsonb, timeout_ms int, idempotency_key text, run_at_us bigint, created_us bigint,
          group_key text, limiter text, callback jsonb, created_by bigint)
@@ -375,7 +352,7 @@ WHERE status IN ('pending', 'scheduled', 'processing') AND ($1::text IS NULL OR 
 ORDER BY id LIMIT $3;
 
 -- name: active_queues
--- The queues that have unfinished jobs: a loose index scan of jobs_active (one probe per queue).
+-- The queues that have unfinished jobs: a loose index scan of jobs_unfinished (one probe per queue).
 WITH RECURSIVE q(queue) AS (
     (SELECT queue FROM jobs WHERE status IN ('pending', 'scheduled', 'processing') ORDER BY queue LIMIT 1)
     UNION ALL
@@ -413,9 +390,9 @@ FROM jobs WHERE last_started_at > $1 AND queue = ANY($2::text[])
 GROUP BY queue, limiter;
 
 -- name: metrics_counts
--- Per queue: unfinished counts (jobs_active; waiting ones through jobs_waiting), failed and
--- cancelled counts (jobs_dead), the earliest
--- run_at among pending and scheduled jobs (jobs_due, one probe per queue: kind 'due') and the queues
+-- Per queue: unfinished counts (jobs_unfinished; waiting ones through jobs_waiting), failed and
+-- cancelled counts (jobs_dead), the earliest run_at among pending and scheduled jobs
+-- (jobs_unfinished, one probe per status: kind 'due') and the queues
 -- table's rows that are paused or have settings (kind 'queue': n is the pause flag as 0/1).
 -- Index-only scans over those partial indexes; completed rows are never read.
 WITH c AS (
@@ -430,7 +407,8 @@ WITH c AS (
 SELECT queue, status AS kind, n, NULL::timestamptz AS next_run_at, NULL::jsonb AS settings FROM c
 UNION ALL
 SELECT q.queue, 'due', NULL,
-       (SELECT min(j.run_at) FROM jobs j WHERE j.queue = q.queue AND j.status IN ('pending', 'scheduled')), NULL
+       LEAST((SELECT min(j.run_at) FROM jobs j WHERE j.queue = q.queue AND j.status = 'pending'),
+             (SELECT min(j.run_at) FROM jobs j WHERE j.queue = q.queue AND j.status = 'scheduled')), NULL
 FROM (SELECT DISTINCT queue FROM c WHERE status IN ('pending', 'scheduled')) q
 UNION ALL
 SELECT name, 'queue', paused::int::bigint, NULL, settings FROM queues WHERE paused OR settings <> '{}'::jsonb;
@@ -467,7 +445,7 @@ FROM h WHERE status = 'completed' GROUP BY queue, m;
 -- name: alert_checks
 -- For alerts, every queue but '_alerts': kind 'dlq' with failed = min(failed count, $1), and kind
 -- 'wait' with the earliest run_at of its pending and scheduled jobs (paused queues left out).
--- Queues are found by loose index scans of jobs_dead and jobs_due (one probe per queue), and each
+-- Queues are found by loose index scans of jobs_dead and jobs_unfinished (one probe per queue), and each
 -- count stops at $1, so the cost follows the number of queues, not of jobs.
 WITH RECURSIVE dq(queue) AS (
     (SELECT queue FROM jobs WHERE status = 'failed' ORDER BY queue LIMIT 1)
@@ -488,7 +466,8 @@ SELECT queue, 'dlq' AS kind,
 FROM dq WHERE queue IS NOT NULL AND queue <> '_alerts'
 UNION ALL
 SELECT queue, 'wait', NULL,
-       (SELECT min(j.run_at) FROM jobs j WHERE j.queue = wq.queue AND j.status IN ('pending', 'scheduled'))
+       LEAST((SELECT min(j.run_at) FROM jobs j WHERE j.queue = wq.queue AND j.status = 'pending'),
+             (SELECT min(j.run_at) FROM jobs j WHERE j.queue = wq.queue AND j.status = 'scheduled'))
 FROM wq WHERE queue IS NOT NULL AND queue <> '_alerts'
   AND NOT EXISTS (SELECT 1 FROM queues p WHERE p.name = wq.queue AND p.paused);
 
@@ -558,7 +537,7 @@ INSERT INTO schedules AS s (id, type, payload, queue, priority, max_attempts, ba
 SELECT x.id, x.type, x.payload, x.queue, x.priority, x.max_attempts, x.backoff, x.timeout_ms, x.cron, x.tz,
        x.every_ms, x.misfire, x.misfire_grace_ms, x.catch_up_limit, x.overlap, x.paused,
        'epoch'::timestamptz + x.first_us * interval '1 microsecond', x.code_hash, $2, $2
-FROM jsonb_to_recordset($1::text::jsonb) AS x(id text, type text, payload jsonb, queue text, priority smallint,
+FROM json_to_recordset($1::text::json) AS x(id text, type text, payload jsonb, queue text, priority smallint,
      max_attempts int, backoff jsonb, timeout_ms int, cron text, tz text, every_ms bigint, misfire text,
      misfire_grace_ms bigint, catch_up_limit int, overlap text, paused boolean, first_us bigint, code_hash text)
 ON CONFLICT (id) DO UPDATE SET

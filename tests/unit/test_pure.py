@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 import ssl
 import sys
 from pathlib import Path
@@ -109,6 +110,17 @@ def test_request_validation_bounds() -> None:
 def test_every_named_query_is_loaded() -> None:
     assert {"insert_jobs", "claim", "finish", "cancel", "rerun", "active_jobs"} <= set(QUERIES)
     assert all(q.strip() for q in QUERIES.values())
+
+
+def test_no_named_query_leaves_session_state() -> None:
+    """The pool skips asyncpg's reset query on release (store._Connection), which is right only
+    while no statement leaves session state behind: no session SET, LISTEN, cursor or session
+    advisory lock (pg_advisory_xact_lock ends with its transaction)."""
+    session_state = re.compile(
+        r"^\s*(SET\s+(?!LOCAL)|RESET\b|LISTEN\b|DECLARE\b)|pg_advisory_lock|set_config\([^)]*false", re.I | re.M
+    )
+    for name, sql in QUERIES.items():
+        assert not session_state.search(sql), name
 
 
 def test_no_top_level_name_shadows_the_standard_library() -> None:
