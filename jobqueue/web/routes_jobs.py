@@ -169,8 +169,8 @@ def batch_json(rows: list[dict[str, Any]]) -> bytes:
                 "started_at": None,
                 "finished_at": None,
                 "group": r.get("group_key"),
-                "depends_on": r.get("depends_on") or [],
-                "dependents": r.get("dependents") or [],
+                "depends_on": [],
+                "dependents": [],
                 "on_dependency_failure": r.get("on_dependency_failure"),
                 "schedule_id": r.get("schedule_id"),
                 "scheduled_for": r.get("scheduled_for"),
@@ -194,6 +194,8 @@ def _is_fresh(r: dict[str, Any]) -> bool:
         and r.get("started_at") is None
         and r.get("finished_at") is None
         and r.get("progress") is None
+        and not r.get("depends_on")
+        and not r.get("dependents")
     )
 
 

@@ -83,7 +83,7 @@ def test_fresh_rows_with_workflow_fields_serialise_as_their_views() -> None:
         fresh_row(id=45, depends_on=[{"id": 3, "type": "echo", "status": "completed"}], on_dependency_failure="ignore"),
     ]
     assert batch_json(rows) == model_bytes(rows)
-    # A row with a progress report is not a fresh one: it takes JobView's path (the same bytes).
+    # A row with a progress report or a graph is not a fresh one: it takes JobView's path (the same bytes).
     reported = [
         fresh_row(id=46, progress={"percent": 5, "message": None, "data": None, "updated_at": "2026-12-02T02:20:17Z"})
     ]
