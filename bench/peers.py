@@ -59,7 +59,7 @@ SCRUB = ("DATABASE_URL", "REDIS_URL", "UPSTASH_", "KV_", "JOBQUEUE_", "PGDATABAS
 
 
 def worker_modes(args: argparse.Namespace) -> dict[str, str]:
-    jq = "`drain(budget_s)` until all ran (batch 500, concurrency 500, 2 lanes: the defaults)"
+    jq = "`drain(budget_s)` until all ran (the defaults: claims of up to 500, 1000 slots, at most 750 for one queue)"
     return {
         "jobqueue-upstash": jq + ", Upstash REST via local proxy",
         "jobqueue-redis": jq + ", redis-py",
