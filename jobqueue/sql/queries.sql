@@ -137,15 +137,14 @@ dead AS (
     FROM cand c
     WHERE j.id = c.id AND c.status = 'processing' AND c.attempts >= c.max_attempts
     RETURNING j.id, j.queue, j.type, j.attempts, j.error, j.status, j.callback,
-       CASE WHEN j.callback IS NOT NULL THEN jobqueue_job_view(j) END AS final_view  -- migration 0008
+       CASE WHEN j.callback IS NOT NULL AND j.status IN ('completed', 'failed', 'cancelled')
+            THEN jobqueue_job_view(j) END AS final_view  -- its callback's body (migration 0008)
 ),
 callbacks AS (
-    -- The completion callbacks of the jobs that ended here (migration 0008), in this same
-    -- statement: an outcome never lacks its callback.
+    -- The completion callbacks of the jobs that ended here, in this same statement: an outcome
+    -- never lacks its callback (migration 0008).
     SELECT * FROM jobqueue_insert_callbacks(
-        (SELECT jsonb_agg(jsonb_build_object('id', f.id, 'status', f.status, 'callback', f.callback,
-                                             'view', f.final_view))
-         FROM dead f WHERE f.callback IS NOT NULL AND f.status IN ('completed', 'failed', 'cancelled')), $2::timestamptz)
+        (SELECT jsonb_agg(f) FROM dead f WHERE f.final_view IS NOT NULL), $2::timestamptz)
 ),
 run AS (
     UPDATE jobs j SET
@@ -237,15 +236,14 @@ WHERE j.id = o.id AND j.status = 'processing' AND j.lease_token = o.token
 RETURNING j.id, j.status, j.callback,
        (j.has_dependents OR EXISTS (SELECT 1 FROM job_deps d WHERE d.depends_on = j.id AND d.state = 'pending'))
            AS has_dependents,
-       CASE WHEN j.callback IS NOT NULL THEN jobqueue_job_view(j) END AS final_view  -- migration 0008
+       CASE WHEN j.callback IS NOT NULL AND j.status IN ('completed', 'failed', 'cancelled')
+            THEN jobqueue_job_view(j) END AS final_view  -- its callback's body (migration 0008)
 ),
 callbacks AS (
-    -- The completion callbacks of the jobs that ended here (migration 0008), in this same
-    -- statement: an outcome never lacks its callback.
+    -- The completion callbacks of the jobs that ended here, in this same statement: an outcome
+    -- never lacks its callback (migration 0008).
     SELECT * FROM jobqueue_insert_callbacks(
-        (SELECT jsonb_agg(jsonb_build_object('id', f.id, 'status', f.status, 'callback', f.callback,
-                                             'view', f.final_view))
-         FROM fin f WHERE f.callback IS NOT NULL AND f.status IN ('completed', 'failed', 'cancelled')), $9::timestamptz)
+        (SELECT jsonb_agg(f) FROM fin f WHERE f.final_view IS NOT NULL), $9::timestamptz)
 )
 SELECT 'job' AS kind, id, NULL::text AS queue, NULL::smallint AS priority, NULL::text AS status,
        NULL::timestamptz AS created_at, NULL::timestamptz AS run_at, NULL::text AS limiter, has_dependents FROM fin
@@ -260,15 +258,14 @@ WITH c AS (
     UPDATE jobs j SET status = 'cancelled', finished_at = $2::timestamptz, run_at = $2::timestamptz
     WHERE j.id = $1 AND j.status IN ('pending', 'scheduled', 'waiting')
     RETURNING j.*,
-       CASE WHEN j.callback IS NOT NULL THEN jobqueue_job_view(j) END AS final_view  -- migration 0008
+       CASE WHEN j.callback IS NOT NULL AND j.status IN ('completed', 'failed', 'cancelled')
+            THEN jobqueue_job_view(j) END AS final_view  -- its callback's body (migration 0008)
 ),
 callbacks AS (
-    -- The completion callbacks of the jobs that ended here (migration 0008), in this same
-    -- statement: an outcome never lacks its callback.
+    -- The completion callbacks of the jobs that ended here, in this same statement: an outcome
+    -- never lacks its callback (migration 0008).
     SELECT * FROM jobqueue_insert_callbacks(
-        (SELECT jsonb_agg(jsonb_build_object('id', f.id, 'status', f.status, 'callback', f.callback,
-                                             'view', f.final_view))
-         FROM c f WHERE f.callback IS NOT NULL AND f.status IN ('completed', 'failed', 'cancelled')), $2::timestamptz)
+        (SELECT jsonb_agg(f) FROM c f WHERE f.final_view IS NOT NULL), $2::timestamptz)
 )
 SELECT c.*, cb.id AS cb_id, cb.queue AS cb_queue, cb.priority AS cb_priority, cb.status AS cb_status,
        cb.created_at AS cb_created_at, cb.run_at AS cb_run_at, cb.limiter AS cb_limiter
@@ -793,15 +790,14 @@ moved AS (
     WHERE j.id = l.id AND j.status = 'waiting'
     RETURNING j.id, j.queue, j.priority, j.status, j.created_at, j.run_at, j.lease_expires_at, j.limiter,
               j.has_dependents, j.error, j.callback,
-              CASE WHEN j.callback IS NOT NULL AND j.status = 'cancelled' THEN jobqueue_job_view(j) END AS final_view
+              CASE WHEN j.callback IS NOT NULL AND j.status IN ('completed', 'failed', 'cancelled')
+                   THEN jobqueue_job_view(j) END AS final_view
 ),
 callbacks AS (
-    -- The completion callbacks of the jobs that ended here (migration 0008), in this same
-    -- statement: an outcome never lacks its callback.
+    -- The completion callbacks of the jobs that ended here, in this same statement: an outcome
+    -- never lacks its callback (migration 0008).
     SELECT * FROM jobqueue_insert_callbacks(
-        (SELECT jsonb_agg(jsonb_build_object('id', m.id, 'status', 'cancelled', 'callback', m.callback,
-                                             'view', m.final_view))
-         FROM moved m WHERE m.final_view IS NOT NULL), $3::timestamptz)
+        (SELECT jsonb_agg(m) FROM moved m WHERE m.final_view IS NOT NULL), $3::timestamptz)
 )
 SELECT 'job' AS kind, id, queue, priority, status, created_at, run_at, lease_expires_at, limiter, has_dependents,
        error

@@ -449,3 +449,35 @@ async def test_callbacks_of_a_graph_the_cascade_cancels_and_the_jobs_that_run(
     # Each callback names the job it reports on.
     callbacks = [r for r in (await jq.list_jobs(type="webhook.deliver"))[0]]
     assert sorted(r["created_by"] for r in callbacks) == sorted([child, grandchild, tolerant])
+
+
+async def test_only_the_final_outcome_makes_a_callback_not_a_retry_or_a_slow_down(
+    make_jq: MakeJQ, registry: Registry, receiver: Receiver, clock: FakeClock
+) -> None:
+    from jobqueue.errors import RateLimited, RetryAfter
+
+    tries: list[int] = []
+
+    @registry.job("flaky", max_attempts=3)
+    async def flaky(payload: dict[str, Any], ctx: JobContext) -> str:
+        tries.append(ctx.attempt)
+        if len(tries) == 1:
+            raise RetryAfter(10)
+        if len(tries) == 2:
+            raise RateLimited(10)
+        return "third time"
+
+    jq = make_jq(WEBHOOK_ALLOW_PRIVATE_NETWORKS=True, WEBHOOK_SIGNING_SECRET=SECRET)
+    row, _ = await jq.enqueue({"type": "flaky", "callback_url": receiver.url("/final")})
+    for _ in range(6):
+        await jq.drain(2)
+        clock.advance(ms=50)
+        if receiver.requests:
+            break
+    await jq.drain(2)  # anything a retry might have sent would have gone by now
+    assert len(tries) == 3
+    assert len(receiver.requests) == 1
+    body = json.loads(receiver.requests[0].body)
+    assert (body["type"], body["data"]["result"]) == ("job.completed", "third time")
+    callbacks = (await jq.list_jobs(type="webhook.deliver"))[0]
+    assert [r["created_by"] for r in callbacks] == [row["id"]]

@@ -25,11 +25,11 @@ SELECT jsonb_build_object(
 $$;
 
 -- The completion callbacks of jobs that have just ended, inserted by the statement that ends them
--- (a CTE: `SELECT * FROM jobqueue_insert_callbacks(...)`): `ended` is a JSON array of
--- {id, status, callback (the jobs.callback column), view (its final view, built in that
--- statement's RETURNING so that it shows the row as written)}; each becomes a pending, signed
--- webhook.deliver job to the callback's URL, created by the job it reports on. Returns what the
--- push to Redis needs.
+-- (a CTE: `SELECT * FROM jobqueue_insert_callbacks(...)`): `ended` is a JSON array of the ended
+-- rows, each with its id, status, callback (the jobs.callback column) and final_view (built in
+-- that statement's RETURNING, so that it shows the row as written); each becomes a pending,
+-- signed webhook.deliver job to the callback's URL, created by the job it reports on. Returns
+-- what the push to Redis needs.
 CREATE OR REPLACE FUNCTION jobqueue_insert_callbacks(ended jsonb, at timestamptz)
 RETURNS TABLE (id bigint, queue text, priority smallint, status text, created_at timestamptz,
                run_at timestamptz, limiter text)
@@ -37,10 +37,10 @@ LANGUAGE sql VOLATILE AS $$
 INSERT INTO jobs (queue, type, payload, status, priority, max_attempts, backoff, timeout_ms, run_at, created_at,
                   group_key, limiter, created_by)
 SELECT e.callback ->> 'queue', 'webhook.deliver',
-       jsonb_build_object('url', e.callback ->> 'url', 'event', 'job.' || e.status, 'data', e.view),
+       jsonb_build_object('url', e.callback ->> 'url', 'event', 'job.' || e.status, 'data', e.final_view),
        'pending', 5, (e.callback ->> 'max_attempts')::int, e.callback -> 'backoff',
        (e.callback ->> 'timeout_ms')::int, at, at, e.callback ->> 'group_key', e.callback ->> 'limiter', e.id
-FROM jsonb_to_recordset(COALESCE(ended, '[]'::jsonb)) AS e(id bigint, status text, callback jsonb, view jsonb)
+FROM jsonb_to_recordset(COALESCE(ended, '[]'::jsonb)) AS e(id bigint, status text, callback jsonb, final_view jsonb)
 ORDER BY e.id
 RETURNING jobs.id, jobs.queue, jobs.priority, jobs.status, jobs.created_at, jobs.run_at, jobs.limiter
 $$;
