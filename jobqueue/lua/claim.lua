@@ -265,6 +265,17 @@ for i = 0, nqueues - 1 do
       end
       return gconc, grate
     end
+    -- A start in each of these scopes: every rated one's TAT moves on by one emission interval.
+    local function charge_rates(scopes)
+      for _, s in ipairs(scopes) do
+        local _, r = limits_of(s)
+        if r then
+          local _, t = room(tats[s], r)
+          tats[s] = t + r.T
+          dirty_tat[s] = true
+        end
+      end
+    end
 
     -- Recover expired leases: the worker that held them is gone or late (Postgres decides: a
     -- lease still valid there is handed back to its holder by the caller). A recovered job keeps
@@ -304,14 +315,7 @@ for i = 0, nqueues - 1 do
             local _, t = room(qtat, qrate)
             qtat = t + qrate.T
           end
-          for _, s in ipairs(scopes) do
-            local _, r = limits_of(s)
-            if r then
-              local _, t = room(tats[s], r)
-              tats[s] = t + r.T
-              dirty_tat[s] = true
-            end
-          end
+          charge_rates(scopes)
           local bar = string.find(m, "|", 1, true)
           table.insert(recovered, bar and string.sub(m, 1, bar - 1) or m)
           table.insert(retaken, m)
@@ -418,13 +422,8 @@ for i = 0, nqueues - 1 do
       for _, s in ipairs(scopes) do
         inflight[s] = inflight[s] + 1
         dirty_inflight[s] = true
-        local _, r = limits_of(s)
-        if r then
-          local _, t = room(tats[s], r)
-          tats[s] = t + r.T
-          dirty_tat[s] = true
-        end
       end
+      charge_rates(scopes)
       admitted = admitted + 1
       table.insert(taken, m)
       return true
