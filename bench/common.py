@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import subprocess
@@ -114,3 +115,10 @@ def pct(values: list[float], p: float) -> float:
 
 def run(coro: Any) -> Any:
     return asyncio.run(coro)
+
+
+def write_json(path: str | None, results: Any) -> None:
+    """`--json PATH`: the raw results, for comparing runs."""
+    if path:
+        with open(path, "w") as f:
+            json.dump(results, f, indent=2)

@@ -31,7 +31,18 @@ from jobqueue.settings import Settings
 from jobqueue.store import Store
 from jobqueue.transports import RedisPyTransport, UpstashTransport
 
-from .common import REDIS_URL, TOKEN, clean_prefix, command_calls, create_db, drop_db, new_prefix, pct, upstash_proxy
+from .common import (
+    REDIS_URL,
+    TOKEN,
+    clean_prefix,
+    command_calls,
+    create_db,
+    drop_db,
+    new_prefix,
+    pct,
+    upstash_proxy,
+    write_json,
+)
 
 try:
     from jobqueue.builtins import default_registry
@@ -135,7 +146,4 @@ if __name__ == "__main__":
     p.add_argument("--scenario", nargs="+", default=["noop", "mixed"], choices=["noop", "mixed"])
     p.add_argument("--json", help="also write the results here")
     a = p.parse_args()
-    res = asyncio.run(main(a))
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(res, f, indent=2)
+    write_json(a.json, asyncio.run(main(a)))

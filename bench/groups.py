@@ -40,7 +40,7 @@ from jobqueue.store import Store
 from jobqueue.transports import RedisPyTransport, UpstashTransport
 
 from . import common
-from .common import TOKEN, create_db, drop_db, free_port, new_prefix
+from .common import TOKEN, create_db, drop_db, free_port, new_prefix, write_json
 from .webhook import receiver_process
 
 try:
@@ -175,7 +175,4 @@ if __name__ == "__main__":
     p.add_argument("--transport", nargs="+", default=["upstash"], choices=["upstash", "redis"])
     p.add_argument("--json", help="also write the results here")
     a = p.parse_args()
-    res = asyncio.run(main(a))
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(res, f, indent=2)
+    write_json(a.json, asyncio.run(main(a)))

@@ -29,7 +29,7 @@ from jobqueue.settings import Settings
 from jobqueue.store import Store
 from jobqueue.transports import UpstashTransport
 
-from .common import TOKEN, clean_prefix, command_calls, create_db, drop_db, new_prefix, upstash_proxy
+from .common import TOKEN, clean_prefix, command_calls, create_db, drop_db, new_prefix, upstash_proxy, write_json
 
 
 def engine(url: str, proxy: str, prefix: str, clock: Clock, **settings: Any) -> JobQueue:
@@ -160,7 +160,4 @@ if __name__ == "__main__":
     p.add_argument("--lateness-s", type=float, default=40.0, help="how long each lateness run lasts")
     p.add_argument("--json", help="also write the results here")
     a = p.parse_args()
-    res = asyncio.run(main(a))
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(res, f, indent=2)
+    write_json(a.json, asyncio.run(main(a)))
